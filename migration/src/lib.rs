@@ -1,0 +1,19 @@
+//! Schema migrations. They use sea-query's schema builder only, never the `entity` crate,
+//! so each migration stays what it was when written.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_create_partners;
+mod m20261123_000002_create_jobs;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261123_000001_create_partners::Migration),
+            Box::new(m20261123_000002_create_jobs::Migration),
+        ]
+    }
+}

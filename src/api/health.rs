@@ -1,0 +1,53 @@
+//! Liveness and readiness probes. Neither needs an API key.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::{payload::Json, ApiResponse, OpenApi};
+
+use super::{dto::Readiness, ApiTags, AppState};
+
+pub struct HealthApi;
+
+#[derive(ApiResponse)]
+pub enum ReadyResponse {
+    /// Ready: the database and the object store answer.
+    #[oai(status = 200)]
+    Ready(Json<Readiness>),
+    /// Not ready: see which dependency failed.
+    #[oai(status = 503)]
+    NotReady(Json<Readiness>),
+}
+
+#[OpenApi(tag = "ApiTags::Health")]
+impl HealthApi {
+    /// The process is up.
+    #[oai(path = "/health/live", method = "get", operation_id = "health_live")]
+    async fn live(&self) -> poem_openapi::payload::PlainText<&'static str> {
+        poem_openapi::payload::PlainText("ok")
+    }
+
+    /// The process can serve: the database and the object store are reachable.
+    #[oai(path = "/health/ready", method = "get", operation_id = "health_ready")]
+    async fn ready(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
+        let (db, objects) = tokio::join!(state.db.ping(), state.objects.health_check());
+        let verdict = |ok: bool| if ok { "ok" } else { "unavailable" }.to_string();
+        if let Err(err) = &db {
+            tracing::warn!(error = %err, "readiness: database unavailable");
+        }
+        if let Err(err) = &objects {
+            tracing::warn!(error = %err, "readiness: object store unavailable");
+        }
+        let ready = db.is_ok() && objects.is_ok();
+        let body = Json(Readiness {
+            status: verdict(ready),
+            database: verdict(db.is_ok()),
+            object_store: verdict(objects.is_ok()),
+        });
+        if ready {
+            ReadyResponse::Ready(body)
+        } else {
+            ReadyResponse::NotReady(body)
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Enqueue, status and listing of jobs. Every lookup is scoped to the calling partner:
+//! another partner's job is indistinguishable from a missing one.
+
+use std::{collections::HashMap, sync::Arc};
+
+use poem::{http::StatusCode, web::Data};
+use poem_openapi::{
+    param::{Header, Path, Query},
+    payload::Json,
+    ApiRequest, ApiResponse, OpenApi,
+};
+use uuid::Uuid;
+
+use super::{
+    auth::PartnerAuth,
+    dto::{EnqueueUrlRequest, Job, JobPage, JobState, StatusBatchRequest, StatusBatchResponse},
+    payload::{JsonBody, UploadForm},
+    problem::{ApiProblem, ApiResult},
+    ApiTags, AppState,
+};
+use crate::{
+    intake::{EnqueueRequest, Enqueued},
+    store::jobs,
+};
+
+pub struct JobsApi;
+
+/// An enqueue request: JSON with an `image_url`, or a multipart upload.
+#[derive(ApiRequest)]
+pub enum EnqueueBody {
+    Json(JsonBody<EnqueueUrlRequest>),
+    Multipart(UploadForm),
+}
+
+#[derive(ApiResponse)]
+pub enum EnqueueResponse {
+    /// Accepted: the job is queued. The same job comes back for a repeated `Idempotency-Key`.
+    #[oai(status = 202)]
+    Accepted(Json<Job>, #[oai(header = "Location")] String),
+}
+
+#[derive(ApiResponse)]
+pub enum JobResponse {
+    #[oai(status = 200)]
+    Ok(Json<Job>),
+}
+
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 200;
+
+fn not_found(id: &str) -> ApiProblem {
+    ApiProblem::new(
+        StatusCode::NOT_FOUND,
+        "job_not_found",
+        format!("no job `{id}`"),
+    )
+}
+
+#[OpenApi(tag = "ApiTags::Jobs")]
+impl JobsApi {
+    /// Enqueue a photo for scoring.
+    ///
+    /// Send either JSON with an `image_url`, or `multipart/form-data` with the image bytes
+    /// in an `image` part. Returns at once with the queued job; the result arrives at the
+    /// webhook, or through `GET /status/{job_id}`.
+    #[oai(path = "/enqueue", method = "post", operation_id = "enqueue")]
+    async fn enqueue(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: PartnerAuth,
+        body: EnqueueBody,
+        /// Makes retries safe: the same key with the same body returns the same job.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+    ) -> ApiResult<EnqueueResponse> {
+        let request = match body {
+            EnqueueBody::Json(JsonBody(body)) => EnqueueRequest {
+                image: None,
+                image_url: Some(body.image_url),
+                webhook_url: body.webhook_url,
+                metadata: body.metadata,
+                model_id: body.model_id,
+                idempotency_key: idempotency_key.0,
+            },
+            EnqueueBody::Multipart(form) => EnqueueRequest {
+                image: form.image,
+                image_url: form.image_url,
+                webhook_url: form.webhook_url,
+                metadata: form.metadata,
+                model_id: form.model_id,
+                idempotency_key: idempotency_key.0,
+            },
+        };
+        let job = match state.intake.enqueue(auth.partner().id, request).await? {
+            Enqueued::Created(job) | Enqueued::Replayed(job) => Job::from(job),
+        };
+        let location = format!("/status/{}", job.job_id);
+        Ok(EnqueueResponse::Accepted(Json(job), location))
+    }
+
+    /// Get a job: its state, and its result once done.
+    #[oai(path = "/status/:job_id", method = "get", operation_id = "get_status")]
+    async fn status(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: PartnerAuth,
+        job_id: Path<String>,
+    ) -> ApiResult<JobResponse> {
+        let id = Uuid::parse_str(&job_id.0).map_err(|_| not_found(&job_id.0))?;
+        let job = jobs::find(&state.db, auth.partner().id, id)
+            .await?
+            .ok_or_else(|| not_found(&job_id.0))?;
+        Ok(JobResponse::Ok(Json(job.into())))
+    }
+
+    /// Get up to 1,000 jobs at once, for reconciliation.
+    #[oai(path = "/status", method = "post", operation_id = "get_status_batch")]
+    async fn status_batch(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: PartnerAuth,
+        body: JsonBody<StatusBatchRequest>,
+    ) -> ApiResult<Json<StatusBatchResponse>> {
+        let ids = body.0.job_ids;
+        let mut found: HashMap<Uuid, _> = jobs::find_many(&state.db, auth.partner().id, &ids)
+            .await?
+            .into_iter()
+            .map(|job| (job.id, job))
+            .collect();
+        let mut response = StatusBatchResponse {
+            jobs: Vec::with_capacity(found.len()),
+            not_found: Vec::new(),
+        };
+        for id in ids {
+            match found.remove(&id) {
+                Some(job) => response.jobs.push(job.into()),
+                None if !response.jobs.iter().any(|j| j.job_id == id) => {
+                    response.not_found.push(id)
+                }
+                None => {}
+            }
+        }
+        Ok(Json(response))
+    }
+
+    /// List your jobs, newest first.
+    #[oai(path = "/jobs", method = "get", operation_id = "list_jobs")]
+    async fn list(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: PartnerAuth,
+        /// Only jobs in this state.
+        status: Query<Option<JobState>>,
+        /// Page size, 1 to 200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
+        limit: Query<Option<u32>>,
+        /// The `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> ApiResult<Json<JobPage>> {
+        let limit = limit.0.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+        let before = cursor
+            .0
+            .as_deref()
+            .map(|c| {
+                Uuid::parse_str(c).map_err(|_| {
+                    ApiProblem::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_cursor",
+                        "`cursor` is not a cursor from a previous page",
+                    )
+                })
+            })
+            .transpose()?;
+        let mut page = jobs::list(
+            &state.db,
+            auth.partner().id,
+            status.0.map(Into::into),
+            before,
+            u64::from(limit) + 1,
+        )
+        .await?;
+        let next_cursor = if page.len() > limit as usize {
+            page.truncate(limit as usize);
+            page.last().map(|job| job.id.to_string())
+        } else {
+            None
+        };
+        Ok(Json(JobPage {
+            jobs: page.into_iter().map(Job::from).collect(),
+            next_cursor,
+        }))
+    }
+}

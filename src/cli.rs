@@ -1,0 +1,134 @@
+//! The command line: `serve` (the default), `migrate`, `partners`, `openapi`.
+//! Results go to stdout, so scripts can capture them; messages for people go to stderr.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    api,
+    config::Config,
+    startup::{self, Application},
+    store::{partners, Db},
+    telemetry,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "platescore",
+    version,
+    about = "Scores food photos for nutrition apps"
+)]
+pub struct Cli {
+    /// A TOML configuration file; environment variables override it.
+    #[arg(long, global = true, env = "PLATESCORE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Apply pending database migrations, then exit.
+    Migrate,
+    /// Manage partners and their API keys.
+    #[command(subcommand)]
+    Partners(PartnersCommand),
+    /// Print the OpenAPI document.
+    Openapi {
+        /// Write it to this file instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PartnersCommand {
+    /// Create a partner and print its new API key (only the key, on stdout).
+    Create { name: String },
+    /// List partners.
+    List,
+    /// Revoke a partner's API key.
+    Revoke { id: Uuid },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Openapi { output }) = &cli.command {
+        let spec = api::spec_json();
+        return match output {
+            Some(path) => Ok(std::fs::write(path, spec)?),
+            None => Ok(print!("{spec}")),
+        };
+    }
+    let config = Config::load(cli.config.as_deref())?;
+    telemetry::init(config.log_format);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let db = Db::connect(&config.database_url(), 1).await?;
+            db.migrate().await?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Partners(command) => manage_partners(&config, command).await,
+        Command::Openapi { .. } => unreachable!("handled above"),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(&config).await?;
+    startup::ensure_first_partner(app.db(), app.addr()).await?;
+    let shutdown = CancellationToken::new();
+    startup::shutdown_on_signal(shutdown.clone());
+    app.run_until(shutdown).await
+}
+
+async fn manage_partners(config: &Config, command: PartnersCommand) -> anyhow::Result<()> {
+    let db = Db::connect(&config.database_url(), 2).await?;
+    db.migrate().await?;
+    match command {
+        PartnersCommand::Create { name } => {
+            let name = name.trim();
+            anyhow::ensure!(
+                !name.is_empty() && name.len() <= 200,
+                "a name is 1 to 200 characters"
+            );
+            let (partner, key) = partners::create(&db, name).await?;
+            eprintln!(
+                "created partner `{}` ({}); its key is shown only now:",
+                partner.name, partner.id
+            );
+            println!("{}", key.expose());
+        }
+        PartnersCommand::List => {
+            println!(
+                "{:<36}  {:<16}  {:<20}  {:<25}  status",
+                "id", "key", "name", "created"
+            );
+            for p in partners::list(&db).await? {
+                let status = match p.revoked_at {
+                    Some(at) => format!("revoked {}", at.format("%Y-%m-%d")),
+                    None => "active".to_string(),
+                };
+                println!(
+                    "{:<36}  {:<16}  {:<20}  {:<25}  {status}",
+                    p.id,
+                    format!("{}…", p.key_prefix),
+                    p.name,
+                    p.created_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                );
+            }
+        }
+        PartnersCommand::Revoke { id } => {
+            anyhow::ensure!(partners::revoke(&db, id).await?, "no partner {id}");
+            eprintln!("revoked the key of partner {id}");
+        }
+    }
+    db.close().await;
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! Configuration: one typed struct. Values come from the defaults below, then an optional
+//! TOML file, then environment variables (`PLATESCORE_<FIELD>`, plus `DATABASE_URL`).
+//! Every field is documented in `docs/configuration.md`.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// `host:port` the HTTP API listens on.
+    pub listen: String,
+    /// Folder for the embedded defaults: the SQLite database and the local object store.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; default: `sqlite://<data_dir>/platescore.db`.
+    pub database_url: Option<String>,
+    /// Pool size for PostgreSQL, and for SQLite readers (SQLite has one writer).
+    pub database_max_connections: u32,
+    /// Apply pending migrations when `serve` starts.
+    pub migrate_on_start: bool,
+    /// `file:///path` or `s3://bucket/prefix`; default: `file://<data_dir>/objects`.
+    pub object_store: Option<String>,
+    /// Endpoint of an S3-compatible server (MinIO, R2, Ceph…); AWS when unset.
+    pub s3_endpoint_url: Option<String>,
+    pub s3_region: String,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible servers need.
+    pub s3_force_path_style: bool,
+    /// Static credentials for S3-compatible servers; when unset, the AWS chain
+    /// (`AWS_ACCESS_KEY_ID`…, profiles, instance roles) applies.
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+    /// Largest accepted request body, in bytes.
+    pub max_upload_bytes: u64,
+    /// Largest accepted image, in pixels (width × height, read from the header).
+    pub max_image_pixels: u64,
+    /// Largest accepted `metadata` object, in bytes of JSON.
+    pub max_metadata_bytes: usize,
+    /// Comma-separated CIDRs that outbound URLs may reach although they are private.
+    pub outbound_allow_cidrs: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("data"),
+            database_url: None,
+            database_max_connections: 16,
+            migrate_on_start: true,
+            object_store: None,
+            s3_endpoint_url: None,
+            s3_region: "us-east-1".into(),
+            s3_force_path_style: false,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            max_upload_bytes: 20 * 1024 * 1024,
+            max_image_pixels: 50_000_000,
+            max_metadata_bytes: 16 * 1024,
+            outbound_allow_cidrs: String::new(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Where uploaded images are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectStoreLocation {
+    Folder(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if given), then the environment.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("PLATESCORE_").filter(|key| key != "config"))
+            .merge(Env::raw().only(&["DATABASE_URL"]))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field that can be wrong, so a bad setting fails at start-up.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        self.object_store_location()?;
+        self.outbound_allow_list()?;
+        let url = self.database_url();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres:")
+            || url.starts_with("postgresql:"))
+        {
+            return Err(invalid(
+                "database_url",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        if self.max_upload_bytes < 1024 {
+            return Err(invalid("max_upload_bytes", "must be at least 1024"));
+        }
+        if self.max_image_pixels == 0 {
+            return Err(invalid("max_image_pixels", "must be positive"));
+        }
+        if self.database_max_connections == 0 {
+            return Err(invalid("database_max_connections", "must be positive"));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen
+            .parse()
+            .map_err(|e| invalid("listen", format!("`{}`: {e}", self.listen)))
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) if !url.is_empty() => url.clone(),
+            _ => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("platescore.db").display()
+            ),
+        }
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url().starts_with("sqlite:")
+    }
+
+    pub fn object_store_location(&self) -> Result<ObjectStoreLocation, ConfigError> {
+        let Some(spec) = self.object_store.as_deref().filter(|s| !s.is_empty()) else {
+            return Ok(ObjectStoreLocation::Folder(self.data_dir.join("objects")));
+        };
+        if let Some(path) = spec.strip_prefix("file://") {
+            if path.is_empty() {
+                return Err(invalid("object_store", "file:// needs a path"));
+            }
+            return Ok(ObjectStoreLocation::Folder(PathBuf::from(path)));
+        }
+        if let Some(rest) = spec.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(invalid("object_store", "s3:// needs a bucket"));
+            }
+            return Ok(ObjectStoreLocation::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+            });
+        }
+        Err(invalid(
+            "object_store",
+            format!("`{spec}`: expected file:///path or s3://bucket/prefix"),
+        ))
+    }
+
+    pub fn outbound_allow_list(&self) -> Result<Vec<IpNet>, ConfigError> {
+        self.outbound_allow_cidrs
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|cidr| {
+                cidr.parse::<IpNet>()
+                    .map_err(|e| invalid("outbound_allow_cidrs", format!("`{cidr}`: {e}")))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_point_into_the_data_dir() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(
+            config.database_url(),
+            "sqlite://data/platescore.db?mode=rwc"
+        );
+        assert_eq!(
+            config.object_store_location().unwrap(),
+            ObjectStoreLocation::Folder(PathBuf::from("data/objects"))
+        );
+    }
+
+    #[test]
+    fn object_store_urls_parse() {
+        let mut config = Config {
+            object_store: Some("s3://meals/prod/images/".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.object_store_location().unwrap(),
+            ObjectStoreLocation::S3 {
+                bucket: "meals".into(),
+                prefix: "prod/images".into()
+            }
+        );
+        config.object_store = Some("file:///var/lib/platescore".into());
+        assert_eq!(
+            config.object_store_location().unwrap(),
+            ObjectStoreLocation::Folder(PathBuf::from("/var/lib/platescore"))
+        );
+        config.object_store = Some("ftp://x".into());
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        for config in [
+            Config {
+                listen: "nonsense".into(),
+                ..Config::default()
+            },
+            Config {
+                outbound_allow_cidrs: "10.0.0.0/8, bogus".into(),
+                ..Config::default()
+            },
+            Config {
+                database_url: Some("mysql://x".into()),
+                ..Config::default()
+            },
+        ] {
+            assert!(config.validate().is_err(), "{config:?}");
+        }
+        let ok = Config {
+            outbound_allow_cidrs: "10.0.0.0/8, 127.0.0.1/32".into(),
+            ..Config::default()
+        };
+        assert_eq!(ok.outbound_allow_list().unwrap().len(), 2);
+    }
+}

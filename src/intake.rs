@@ -1,0 +1,327 @@
+//! Accepting a job: validate the request, keep the uploaded image, record the job.
+//! Nothing heavy happens here; scoring is the workers' job.
+//!
+//! Write order keeps state whole: the image object is written before its row, and removed
+//! again if the row cannot be written and no other job uses the same bytes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use entity::job;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::{
+    imaging::{self, HeaderError},
+    objects::{self, ObjectStore, ObjectStoreError},
+    outbound::{OutboundError, OutboundPolicy},
+    store::{
+        jobs::{self, InsertOutcome, NewJob, NewJobImage},
+        Db, StoreError,
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("give an image: either an `image` file or an `image_url`")]
+    NoImage,
+    #[error("give either an `image` file or an `image_url`, not both")]
+    BothImageAndUrl,
+    #[error(transparent)]
+    Image(#[from] HeaderError),
+    #[error("image_url: {0}")]
+    ImageUrl(OutboundError),
+    #[error("webhook_url: {0}")]
+    WebhookUrl(OutboundError),
+    #[error("metadata: {0}")]
+    Metadata(String),
+    #[error("model_id: {0}")]
+    ModelId(String),
+    #[error("Idempotency-Key: {0}")]
+    IdempotencyKey(String),
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyKeyReused,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Objects(#[from] ObjectStoreError),
+}
+
+/// An uploaded image, hashed while it was received.
+#[derive(Debug, Clone)]
+pub struct UploadedImage {
+    pub bytes: Bytes,
+    pub sha256: [u8; 32],
+}
+
+impl UploadedImage {
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        let sha256 = Sha256::digest(&bytes).into();
+        Self { bytes, sha256 }
+    }
+}
+
+/// An enqueue request, as the API received it.
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueRequest {
+    pub image: Option<UploadedImage>,
+    pub image_url: Option<String>,
+    pub webhook_url: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub model_id: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct IntakeLimits {
+    pub max_image_pixels: u64,
+    pub max_metadata_bytes: usize,
+}
+
+pub struct Intake {
+    db: Db,
+    objects: Arc<dyn ObjectStore>,
+    outbound: OutboundPolicy,
+    limits: IntakeLimits,
+}
+
+/// What enqueue did: created a job, or found the one this idempotency key made before.
+pub enum Enqueued {
+    Created(job::Model),
+    Replayed(job::Model),
+}
+
+impl Intake {
+    pub fn new(
+        db: Db,
+        objects: Arc<dyn ObjectStore>,
+        outbound: OutboundPolicy,
+        limits: IntakeLimits,
+    ) -> Self {
+        Self {
+            db,
+            objects,
+            outbound,
+            limits,
+        }
+    }
+
+    pub async fn enqueue(
+        &self,
+        partner_id: Uuid,
+        request: EnqueueRequest,
+    ) -> Result<Enqueued, IntakeError> {
+        let webhook_url = request
+            .webhook_url
+            .as_deref()
+            .map(|u| self.outbound.check_url(u).map_err(IntakeError::WebhookUrl))
+            .transpose()?
+            .map(String::from);
+        let metadata = request
+            .metadata
+            .map(|m| self.check_metadata(m))
+            .transpose()?;
+        let model_id = request.model_id.map(check_model_id).transpose()?;
+        let idempotency_key = request
+            .idempotency_key
+            .map(check_idempotency_key)
+            .transpose()?;
+
+        let (image, upload) = match (request.image, request.image_url) {
+            (None, None) => return Err(IntakeError::NoImage),
+            (Some(_), Some(_)) => return Err(IntakeError::BothImageAndUrl),
+            (None, Some(url)) => {
+                let url = self
+                    .outbound
+                    .check_url(&url)
+                    .map_err(IntakeError::ImageUrl)?;
+                (NewJobImage::Url(url.into()), None)
+            }
+            (Some(upload), None) => {
+                let header = imaging::inspect(&upload.bytes, self.limits.max_image_pixels)?;
+                let sha256 = hex::encode(upload.sha256);
+                let image = NewJobImage::Stored {
+                    key: objects::image_key(&sha256),
+                    sha256,
+                    bytes: upload.bytes.len() as i64,
+                    format: header.format.as_str().to_string(),
+                    width: header.width as i32,
+                    height: header.height as i32,
+                };
+                (image, Some((upload.bytes, header.format.mime())))
+            }
+        };
+
+        let new_job = NewJob {
+            partner_id,
+            request_fingerprint: fingerprint(&image, &webhook_url, &metadata, &model_id),
+            image,
+            webhook_url,
+            metadata,
+            model_id,
+            idempotency_key,
+        };
+
+        // A retry with the same key must not write anything.
+        if let Some(key) = &new_job.idempotency_key {
+            if let Some(existing) = jobs::find_by_idempotency_key(&self.db, partner_id, key).await?
+            {
+                return if existing.request_fingerprint == new_job.request_fingerprint {
+                    Ok(Enqueued::Replayed(existing))
+                } else {
+                    Err(IntakeError::IdempotencyKeyReused)
+                };
+            }
+        }
+
+        let stored_key = match (&new_job.image, upload) {
+            (NewJobImage::Stored { key, .. }, Some((bytes, mime))) => {
+                if !self.objects.exists(key).await? {
+                    self.objects.put(key, bytes, mime).await?;
+                }
+                Some(key.clone())
+            }
+            _ => None,
+        };
+
+        match jobs::insert(&self.db, new_job).await {
+            Ok(InsertOutcome::Created(job)) => Ok(Enqueued::Created(job)),
+            Ok(InsertOutcome::Replayed(job)) => Ok(Enqueued::Replayed(job)),
+            Ok(InsertOutcome::KeyReused) => Err(IntakeError::IdempotencyKeyReused),
+            Err(err) => {
+                if let Some(key) = stored_key {
+                    self.remove_if_orphaned(&key).await;
+                }
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Best effort: a failure here leaves an orphan object, never a row without its object.
+    async fn remove_if_orphaned(&self, key: &str) {
+        match jobs::object_is_referenced(&self.db, key).await {
+            Ok(false) => {
+                if let Err(err) = self.objects.delete(key).await {
+                    tracing::warn!(%key, error = %err, "could not remove an orphaned image");
+                }
+            }
+            Ok(true) => {}
+            Err(err) => tracing::warn!(%key, error = %err, "could not check an image's references"),
+        }
+    }
+
+    fn check_metadata(
+        &self,
+        metadata: serde_json::Value,
+    ) -> Result<serde_json::Value, IntakeError> {
+        if !metadata.is_object() {
+            return Err(IntakeError::Metadata("must be a JSON object".into()));
+        }
+        let size = serde_json::to_vec(&metadata)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > self.limits.max_metadata_bytes {
+            return Err(IntakeError::Metadata(format!(
+                "{size} bytes of JSON, over the limit of {}",
+                self.limits.max_metadata_bytes
+            )));
+        }
+        Ok(metadata)
+    }
+}
+
+fn check_model_id(id: String) -> Result<String, IntakeError> {
+    let ok = !id.is_empty()
+        && id.len() <= 100
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'));
+    if ok {
+        Ok(id)
+    } else {
+        Err(IntakeError::ModelId(
+            "1 to 100 characters of A-Z a-z 0-9 - _ . : @".into(),
+        ))
+    }
+}
+
+fn check_idempotency_key(key: String) -> Result<String, IntakeError> {
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(IntakeError::IdempotencyKey(
+            "1 to 255 printable ASCII characters".into(),
+        ));
+    }
+    Ok(key)
+}
+
+/// A digest of what the request asks for, to tell a retry from a different request.
+fn fingerprint(
+    image: &NewJobImage,
+    webhook_url: &Option<String>,
+    metadata: &Option<serde_json::Value>,
+    model_id: &Option<String>,
+) -> String {
+    let source = match image {
+        NewJobImage::Url(url) => serde_json::json!({ "url": url }),
+        NewJobImage::Stored { sha256, .. } => serde_json::json!({ "sha256": sha256 }),
+    };
+    let request = serde_json::json!({
+        "image": source,
+        "webhook_url": webhook_url,
+        "metadata": metadata,
+        "model_id": model_id,
+    });
+    let mut canonical = String::new();
+    write_canonical(&request, &mut canonical);
+    hex::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// JSON with object keys sorted at every level, so key order never changes the digest.
+fn write_canonical(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(value, out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_order_does_not_change_the_fingerprint() {
+        let image = NewJobImage::Url("https://example.com/a.jpg".into());
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"user":{"id":1,"tz":"UTC"},"meal":"lunch"}"#).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{"meal":"lunch","user":{"tz":"UTC","id":1}}"#).unwrap();
+        let c: serde_json::Value =
+            serde_json::from_str(r#"{"meal":"dinner","user":{"tz":"UTC","id":1}}"#).unwrap();
+        let f = |m: &serde_json::Value| fingerprint(&image, &None, &Some(m.clone()), &None);
+        assert_eq!(f(&a), f(&b));
+        assert_ne!(f(&a), f(&c));
+    }
+}

@@ -1,0 +1,16 @@
+//! platescore: scores food photos for nutrition apps.
+//!
+//! Modules by capability: `api` (HTTP), `intake` (accepting jobs), `store` (the job store),
+//! `objects` (image storage), `imaging` (format and header checks), `outbound` (the guard on
+//! URLs we contact), `config`, `startup` and `cli`.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod imaging;
+pub mod intake;
+pub mod objects;
+pub mod outbound;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

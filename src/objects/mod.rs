@@ -1,0 +1,108 @@
+//! Object storage for uploaded images: a local folder or any S3-compatible bucket.
+//! Keys are content-addressed (`images/sha256/ab/abcd…`), so writing the same image twice
+//! is harmless and a key never changes meaning.
+
+mod folder;
+mod s3;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use folder::FolderStore;
+pub use s3::{S3Settings, S3Store};
+
+use crate::config::{Config, ObjectStoreLocation};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectStoreError {
+    #[error("object `{0}` not found")]
+    NotFound(String),
+    #[error("invalid object key `{0}`")]
+    InvalidKey(String),
+    #[error("object store I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("object store backend: {0}")]
+    Backend(String),
+}
+
+#[async_trait::async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Stores `bytes` under `key`, replacing any object there. Readers never see a partial object.
+    async fn put(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> Result<(), ObjectStoreError>;
+    async fn get(&self, key: &str) -> Result<Bytes, ObjectStoreError>;
+    async fn exists(&self, key: &str) -> Result<bool, ObjectStoreError>;
+    /// Removes the object; removing a missing object succeeds.
+    async fn delete(&self, key: &str) -> Result<(), ObjectStoreError>;
+    /// Cheap round trip that proves the store is reachable and usable.
+    async fn health_check(&self) -> Result<(), ObjectStoreError>;
+    /// Where the objects live, for logs.
+    fn describe(&self) -> String;
+}
+
+/// The content-addressed key of an image with this SHA-256 (lowercase hex).
+pub fn image_key(sha256_hex: &str) -> String {
+    format!("images/sha256/{}/{}", &sha256_hex[..2], sha256_hex)
+}
+
+/// Keys are ours, but check them anyway: a key must never escape the store's root.
+fn validate_key(key: &str) -> Result<(), ObjectStoreError> {
+    let ok = !key.is_empty()
+        && key.len() <= 512
+        && key
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ObjectStoreError::InvalidKey(key.to_string()))
+    }
+}
+
+/// Opens the store the configuration names.
+pub async fn open(config: &Config) -> Result<Arc<dyn ObjectStore>, ObjectStoreError> {
+    let location = config
+        .object_store_location()
+        .map_err(|e| ObjectStoreError::Backend(e.to_string()))?;
+    Ok(match location {
+        ObjectStoreLocation::Folder(root) => Arc::new(FolderStore::open(root).await?),
+        ObjectStoreLocation::S3 { bucket, prefix } => {
+            let credentials = match (&config.s3_access_key_id, &config.s3_secret_access_key) {
+                (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
+                _ => None,
+            };
+            Arc::new(
+                S3Store::connect(S3Settings {
+                    bucket,
+                    prefix,
+                    endpoint_url: config.s3_endpoint_url.clone(),
+                    region: config.s3_region.clone(),
+                    force_path_style: config.s3_force_path_style,
+                    credentials,
+                })
+                .await,
+            )
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape_the_root() {
+        for bad in ["", "../x", "a//b", "a/../b", "/abs", "a/./b", "a b", "a\\b"] {
+            assert!(validate_key(bad).is_err(), "{bad:?}");
+        }
+        validate_key(&image_key(&"ab".repeat(32))).unwrap();
+    }
+}

@@ -1,0 +1,187 @@
+//! Jobs: insertion with idempotency keys, lookups scoped to their partner, and listing.
+
+use chrono::Utc;
+use entity::job::{self, JobStatus};
+use sea_orm::{prelude::*, ActiveValue::Set, QueryOrder, QuerySelect, SqlErr};
+
+use super::{Db, StoreError};
+
+/// Everything enqueue knows about a new job.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub partner_id: Uuid,
+    pub image: NewJobImage,
+    pub webhook_url: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub model_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub request_fingerprint: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum NewJobImage {
+    Url(String),
+    Stored {
+        key: String,
+        sha256: String,
+        bytes: i64,
+        format: String,
+        width: i32,
+        height: i32,
+    },
+}
+
+#[derive(Debug)]
+pub enum InsertOutcome {
+    Created(job::Model),
+    /// The idempotency key was used before with the same request: here is that job.
+    Replayed(job::Model),
+    /// The idempotency key was used before with a different request.
+    KeyReused,
+}
+
+pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
+    if let Some(key) = &new.idempotency_key {
+        if let Some(existing) = find_by_idempotency_key(db, new.partner_id, key).await? {
+            return Ok(replay_or_conflict(existing, &new.request_fingerprint));
+        }
+    }
+    let now = Utc::now();
+    let (image_url, image_key, image_sha256, image_bytes, image_format, image_width, image_height) =
+        match new.image {
+            NewJobImage::Url(url) => (Some(url), None, None, None, None, None, None),
+            NewJobImage::Stored {
+                key,
+                sha256,
+                bytes,
+                format,
+                width,
+                height,
+            } => (
+                None,
+                Some(key),
+                Some(sha256),
+                Some(bytes),
+                Some(format),
+                Some(width),
+                Some(height),
+            ),
+        };
+    let model = job::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        partner_id: Set(new.partner_id),
+        status: Set(JobStatus::Queued),
+        image_url: Set(image_url),
+        image_key: Set(image_key),
+        image_sha256: Set(image_sha256),
+        image_bytes: Set(image_bytes),
+        image_format: Set(image_format),
+        image_width: Set(image_width),
+        image_height: Set(image_height),
+        webhook_url: Set(new.webhook_url),
+        metadata: Set(new.metadata),
+        model_id: Set(new.model_id),
+        idempotency_key: Set(new.idempotency_key.clone()),
+        request_fingerprint: Set(new.request_fingerprint.clone()),
+        result: Set(None),
+        error_code: Set(None),
+        error_message: Set(None),
+        attempts: Set(0),
+        created_at: Set(now),
+        updated_at: Set(now),
+        started_at: Set(None),
+        finished_at: Set(None),
+        processing_time_ms: Set(None),
+    };
+    match model.insert(db.writer()).await {
+        Ok(created) => Ok(InsertOutcome::Created(created)),
+        // Two requests with one key raced; the other one won.
+        Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            let key = new.idempotency_key.as_deref().ok_or(StoreError::Db(err))?;
+            let existing = find_by_idempotency_key(db, new.partner_id, key)
+                .await?
+                .ok_or_else(|| StoreError::Setup("idempotency row vanished".into()))?;
+            Ok(replay_or_conflict(existing, &new.request_fingerprint))
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn replay_or_conflict(existing: job::Model, fingerprint: &str) -> InsertOutcome {
+    if existing.request_fingerprint == fingerprint {
+        InsertOutcome::Replayed(existing)
+    } else {
+        InsertOutcome::KeyReused
+    }
+}
+
+pub async fn find_by_idempotency_key(
+    db: &Db,
+    partner_id: Uuid,
+    key: &str,
+) -> Result<Option<job::Model>, StoreError> {
+    Ok(job::Entity::find()
+        .filter(job::Column::PartnerId.eq(partner_id))
+        .filter(job::Column::IdempotencyKey.eq(key))
+        .one(db.writer())
+        .await?)
+}
+
+/// A job, if it exists and belongs to this partner.
+pub async fn find(db: &Db, partner_id: Uuid, id: Uuid) -> Result<Option<job::Model>, StoreError> {
+    Ok(job::Entity::find_by_id(id)
+        .filter(job::Column::PartnerId.eq(partner_id))
+        .one(db.reader())
+        .await?)
+}
+
+/// Those of `ids` that exist and belong to this partner, in no particular order.
+pub async fn find_many(
+    db: &Db,
+    partner_id: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<job::Model>, StoreError> {
+    let mut found = Vec::with_capacity(ids.len());
+    // Chunked to stay far below SQLite's bound-parameter limit.
+    for chunk in ids.chunks(500) {
+        found.extend(
+            job::Entity::find()
+                .filter(job::Column::PartnerId.eq(partner_id))
+                .filter(job::Column::Id.is_in(chunk.iter().copied()))
+                .all(db.reader())
+                .await?,
+        );
+    }
+    Ok(found)
+}
+
+/// A page of a partner's jobs, newest first, strictly older than `before` when given.
+pub async fn list(
+    db: &Db,
+    partner_id: Uuid,
+    status: Option<JobStatus>,
+    before: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<job::Model>, StoreError> {
+    let mut query = job::Entity::find().filter(job::Column::PartnerId.eq(partner_id));
+    if let Some(status) = status {
+        query = query.filter(job::Column::Status.eq(status));
+    }
+    if let Some(before) = before {
+        query = query.filter(job::Column::Id.lt(before));
+    }
+    Ok(query
+        .order_by_desc(job::Column::Id)
+        .limit(limit)
+        .all(db.reader())
+        .await?)
+}
+
+/// Whether any job still points at this object.
+pub async fn object_is_referenced(db: &Db, image_key: &str) -> Result<bool, StoreError> {
+    Ok(job::Entity::find()
+        .filter(job::Column::ImageKey.eq(image_key))
+        .count(db.writer())
+        .await?
+        > 0)
+}

@@ -1,0 +1,128 @@
+//! The job store: partners and jobs in SQLite (embedded default) or PostgreSQL.
+//!
+//! SQLite allows one writer at a time, so it gets a one-connection writer pool beside a
+//! reader pool (WAL lets readers run while the writer writes). PostgreSQL uses one pool for both.
+
+pub mod jobs;
+pub mod partners;
+
+use std::time::Duration;
+
+use migration::MigratorTrait;
+use sea_orm::{
+    sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
+    ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+    #[error("database setup: {0}")]
+    Setup(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Db {
+    read: DatabaseConnection,
+    write: DatabaseConnection,
+}
+
+impl Db {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            create_sqlite_parent(url)?;
+            let sqlite = |max: u32| {
+                let mut options = ConnectOptions::new(url.to_string());
+                options
+                    .max_connections(max)
+                    .min_connections(1)
+                    .sqlx_logging(false)
+                    .map_sqlx_sqlite_opts(|o: SqliteConnectOptions| {
+                        o.journal_mode(SqliteJournalMode::Wal)
+                            .synchronous(SqliteSynchronous::Normal)
+                            .busy_timeout(Duration::from_secs(10))
+                            .foreign_keys(true)
+                            .create_if_missing(true)
+                    });
+                options
+            };
+            let write = Database::connect(sqlite(1)).await?;
+            let read = Database::connect(sqlite(max_connections)).await?;
+            Ok(Self { read, write })
+        } else {
+            let mut options = ConnectOptions::new(url.to_string());
+            options
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .sqlx_logging(false);
+            let pool = Database::connect(options).await?;
+            Ok(Self {
+                read: pool.clone(),
+                write: pool,
+            })
+        }
+    }
+
+    /// The connection for reads; on SQLite it never blocks the writer.
+    pub fn reader(&self) -> &DatabaseConnection {
+        &self.read
+    }
+
+    /// The connection for writes; on SQLite the single writer.
+    pub fn writer(&self) -> &DatabaseConnection {
+        &self.write
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.write.get_database_backend()
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        migration::Migrator::up(&self.write, None).await?;
+        Ok(())
+    }
+
+    /// Fails unless the schema is at the latest migration.
+    pub async fn check_migrated(&self) -> Result<(), StoreError> {
+        let pending = migration::Migrator::get_pending_migrations(&self.read).await?;
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Setup(format!(
+                "{} migration(s) pending: run `platescore migrate`",
+                pending.len()
+            )))
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.read.ping().await?;
+        Ok(())
+    }
+
+    pub async fn close(self) {
+        let _ = self.read.close().await;
+        let _ = self.write.close().await;
+    }
+}
+
+fn create_sqlite_parent(url: &str) -> Result<(), StoreError> {
+    let path = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    if let Some(parent) = std::path::Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::Setup(format!("creating {}: {e}", parent.display())))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! Partners and their API keys. A key is shown once, at creation; only its SHA-256 is kept.
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use chrono::Utc;
+use entity::partner;
+use rand::RngCore;
+use sea_orm::{prelude::*, ActiveValue::Set, QueryOrder};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{Db, StoreError};
+
+const KEY_PREFIX: &str = "psk_";
+/// Characters of a key that may be shown in listings (prefix plus 8).
+const SHOWN_CHARS: usize = KEY_PREFIX.len() + 8;
+
+/// A freshly created API key: 256 random bits.
+pub struct NewApiKey(String);
+
+impl NewApiKey {
+    fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        Self(format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+pub async fn create(db: &Db, name: &str) -> Result<(partner::Model, NewApiKey), StoreError> {
+    let key = NewApiKey::generate();
+    let model = partner::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        name: Set(name.to_string()),
+        key_prefix: Set(key.expose()[..SHOWN_CHARS].to_string()),
+        key_hash: Set(hash_key(key.expose())),
+        created_at: Set(Utc::now()),
+        revoked_at: Set(None),
+    }
+    .insert(db.writer())
+    .await?;
+    Ok((model, key))
+}
+
+pub async fn list(db: &Db) -> Result<Vec<partner::Model>, StoreError> {
+    Ok(partner::Entity::find()
+        .order_by_asc(partner::Column::CreatedAt)
+        .all(db.reader())
+        .await?)
+}
+
+pub async fn count(db: &Db) -> Result<u64, StoreError> {
+    Ok(partner::Entity::find().count(db.reader()).await?)
+}
+
+/// Revokes a partner's key. Returns false when no such partner exists.
+pub async fn revoke(db: &Db, id: Uuid) -> Result<bool, StoreError> {
+    let result = partner::Entity::update_many()
+        .col_expr(partner::Column::RevokedAt, Expr::value(Utc::now()))
+        .filter(partner::Column::Id.eq(id))
+        .filter(partner::Column::RevokedAt.is_null())
+        .exec(db.writer())
+        .await?;
+    if result.rows_affected > 0 {
+        return Ok(true);
+    }
+    Ok(partner::Entity::find_by_id(id)
+        .one(db.reader())
+        .await?
+        .is_some())
+}
+
+/// The active partner owning this key, if any.
+pub async fn authenticate(
+    db: &Db,
+    presented_key: &str,
+) -> Result<Option<partner::Model>, StoreError> {
+    if !presented_key.starts_with(KEY_PREFIX) || presented_key.len() > 128 {
+        return Ok(None);
+    }
+    let presented_hash = hash_key(presented_key);
+    let found = partner::Entity::find()
+        .filter(partner::Column::KeyHash.eq(presented_hash.as_str()))
+        .filter(partner::Column::RevokedAt.is_null())
+        .one(db.reader())
+        .await?;
+    // The lookup is by hash; compare again in constant time so no code path leaks timing.
+    Ok(found.filter(|p| bool::from(p.key_hash.as_bytes().ct_eq(presented_hash.as_bytes()))))
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real server on a random port, spoken to over HTTP.
+
+mod auth;
+mod enqueue;
+mod errors;
+mod health;
+mod helpers;
+mod openapi;
+mod status;
