@@ -59,10 +59,11 @@ pub enum PartnersCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::Openapi { output }) = &cli.command {
         let spec = api::spec_json();
-        return match output {
-            Some(path) => Ok(std::fs::write(path, spec)?),
-            None => Ok(print!("{spec}")),
-        };
+        match output {
+            Some(path) => std::fs::write(path, spec)?,
+            None => print!("{spec}"),
+        }
+        return Ok(());
     }
     let config = Config::load(cli.config.as_deref())?;
     telemetry::init(config.log_format);

@@ -41,8 +41,23 @@ pub enum EnqueueResponse {
 
 #[derive(ApiResponse)]
 pub enum JobResponse {
+    /// The job.
     #[oai(status = 200)]
     Ok(Json<Job>),
+}
+
+#[derive(ApiResponse)]
+pub enum StatusBatchResult {
+    /// The jobs found, and the ids that were not.
+    #[oai(status = 200)]
+    Ok(Json<StatusBatchResponse>),
+}
+
+#[derive(ApiResponse)]
+pub enum JobPageResult {
+    /// A page of jobs, newest first.
+    #[oai(status = 200)]
+    Ok(Json<JobPage>),
 }
 
 const DEFAULT_PAGE: u32 = 50;
@@ -82,20 +97,30 @@ impl JobsApi {
                 model_id: body.model_id,
                 idempotency_key: idempotency_key.0,
             },
-            EnqueueBody::Multipart(form) => EnqueueRequest {
-                image: form.image,
-                image_url: form.image_url,
-                webhook_url: form.webhook_url,
-                metadata: form.metadata,
-                model_id: form.model_id,
-                idempotency_key: idempotency_key.0,
-            },
+            EnqueueBody::Multipart(form) => form.into_request(idempotency_key.0),
         };
-        let job = match state.intake.enqueue(auth.partner().id, request).await? {
-            Enqueued::Created(job) | Enqueued::Replayed(job) => Job::from(job),
-        };
-        let location = format!("/status/{}", job.job_id);
-        Ok(EnqueueResponse::Accepted(Json(job), location))
+        enqueue(&state, &auth, request).await
+    }
+
+    /// Enqueue an uploaded photo for scoring.
+    ///
+    /// The same as `POST /enqueue` with `multipart/form-data`, as an operation of its own
+    /// for client generators that take one media type per operation.
+    #[oai(
+        path = "/enqueue/upload",
+        method = "post",
+        operation_id = "enqueue_upload"
+    )]
+    async fn enqueue_upload(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: PartnerAuth,
+        form: UploadForm,
+        /// Makes retries safe: the same key with the same body returns the same job.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+    ) -> ApiResult<EnqueueResponse> {
+        enqueue(&state, &auth, form.into_request(idempotency_key.0)).await
     }
 
     /// Get a job: its state, and its result once done.
@@ -120,7 +145,7 @@ impl JobsApi {
         state: Data<&Arc<AppState>>,
         auth: PartnerAuth,
         body: JsonBody<StatusBatchRequest>,
-    ) -> ApiResult<Json<StatusBatchResponse>> {
+    ) -> ApiResult<StatusBatchResult> {
         let ids = body.0.job_ids;
         let mut found: HashMap<Uuid, _> = jobs::find_many(&state.db, auth.partner().id, &ids)
             .await?
@@ -140,7 +165,7 @@ impl JobsApi {
                 None => {}
             }
         }
-        Ok(Json(response))
+        Ok(StatusBatchResult::Ok(Json(response)))
     }
 
     /// List your jobs, newest first.
@@ -156,7 +181,7 @@ impl JobsApi {
         limit: Query<Option<u32>>,
         /// The `next_cursor` of the previous page.
         cursor: Query<Option<String>>,
-    ) -> ApiResult<Json<JobPage>> {
+    ) -> ApiResult<JobPageResult> {
         let limit = limit.0.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
         let before = cursor
             .0
@@ -185,9 +210,21 @@ impl JobsApi {
         } else {
             None
         };
-        Ok(Json(JobPage {
+        Ok(JobPageResult::Ok(Json(JobPage {
             jobs: page.into_iter().map(Job::from).collect(),
             next_cursor,
-        }))
+        })))
     }
+}
+
+async fn enqueue(
+    state: &AppState,
+    auth: &PartnerAuth,
+    request: EnqueueRequest,
+) -> ApiResult<EnqueueResponse> {
+    let job = match state.intake.enqueue(auth.partner().id, request).await? {
+        Enqueued::Created(job) | Enqueued::Replayed(job) => Job::from(job),
+    };
+    let location = format!("/status/{}", job.job_id);
+    Ok(EnqueueResponse::Accepted(Json(job), location))
 }

@@ -23,7 +23,7 @@ use poem_openapi::{
 use sha2::{Digest, Sha256};
 
 use super::problem::ApiProblem;
-use crate::intake::UploadedImage;
+use crate::intake::{EnqueueRequest, UploadedImage};
 
 /// A JSON body. Broken JSON is a `400 malformed_json`; JSON of the wrong shape is a
 /// `422 validation_failed`, with the field named in the detail.
@@ -107,6 +107,21 @@ pub struct UploadForm {
     pub model_id: Option<String>,
 }
 
+impl UploadForm {
+    pub fn into_request(self, idempotency_key: Option<String>) -> EnqueueRequest {
+        EnqueueRequest {
+            image: self.image,
+            image_url: self.image_url,
+            webhook_url: self.webhook_url,
+            metadata: self.metadata,
+            model_id: self.model_id,
+            idempotency_key,
+        }
+    }
+}
+
+const UPLOAD_FORM_SCHEMA: &str = "EnqueueUploadForm";
+
 /// Text fields are small; this caps each one.
 const MAX_TEXT_FIELD_BYTES: usize = 64 * 1024;
 
@@ -126,14 +141,21 @@ impl Payload for UploadForm {
     }
 
     fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Reference(UPLOAD_FORM_SCHEMA.to_string())
+    }
+
+    fn register(registry: &mut Registry) {
         let string = |description: &'static str| {
             MetaSchemaRef::Inline(Box::new(MetaSchema {
                 description: Some(description),
                 ..MetaSchema::new("string")
             }))
         };
-        MetaSchemaRef::Inline(Box::new(MetaSchema {
-            description: Some("Give exactly one of `image` and `image_url`."),
+        registry.create_schema::<Self, _>(UPLOAD_FORM_SCHEMA.to_string(), |_| MetaSchema {
+            rust_typename: Some(std::any::type_name::<Self>()),
+            description: Some(
+                "An enqueue as `multipart/form-data`. Give exactly one of `image` and `image_url`.",
+            ),
             properties: vec![
                 (
                     "image",
@@ -157,7 +179,7 @@ impl Payload for UploadForm {
                 ),
             ],
             ..MetaSchema::new("object")
-        }))
+        });
     }
 }
 

@@ -257,3 +257,39 @@ async fn concurrent_retries_with_one_idempotency_key_make_one_job() {
     );
     assert_eq!(app.stored_objects().len(), 1);
 }
+
+#[tokio::test]
+async fn the_upload_operation_takes_multipart_only() {
+    let app = TestApp::spawn().await;
+    let form = Form::new()
+        .part(
+            "image",
+            Part::bytes(fixture("apple.jpg")).file_name("apple.jpg"),
+        )
+        .text("metadata", r#"{"via": "generated client"}"#);
+    let response = app
+        .client
+        .post(app.url("/enqueue/upload"))
+        .bearer_auth(&app.key)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let job: Value = response.json().await.unwrap();
+    assert_eq!(job["request"]["image"]["source"], "upload");
+    assert_eq!(
+        job["request"]["metadata"],
+        json!({"via": "generated client"})
+    );
+
+    let response = app
+        .client
+        .post(app.url("/enqueue/upload"))
+        .bearer_auth(&app.key)
+        .json(&json!({"image_url": "https://cdn.example.com/a.jpg"}))
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::assert_problem(response, 415, "unsupported_content_type").await;
+}

@@ -1,0 +1,178 @@
+//! The binary as a user runs it: first start, partner management, the spec.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn platescore(data_dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_platescore"));
+    command
+        .env("PLATESCORE_DATA_DIR", data_dir)
+        .env("PLATESCORE_LISTEN", "127.0.0.1:0")
+        .env_remove("DATABASE_URL")
+        .env_remove("PLATESCORE_OBJECT_STORE")
+        .env_remove("PLATESCORE_CONFIG");
+    command
+}
+
+#[test]
+fn partners_create_prints_only_the_key_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = platescore(dir.path())
+        .args(["partners", "create", "Diary App"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let key = stdout.trim_end_matches('\n');
+    assert!(!key.contains('\n'), "stdout is only the key: {stdout:?}");
+    assert!(key.starts_with("psk_") && key.len() >= 4 + 43, "{key}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Diary App"));
+
+    let listing = platescore(dir.path())
+        .args(["partners", "list"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    assert!(
+        listing.contains("Diary App") && listing.contains("active"),
+        "{listing}"
+    );
+    assert!(!listing.contains(key), "the listing must not show the key");
+    let id = listing
+        .lines()
+        .find(|l| l.contains("Diary App"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+
+    let revoke = platescore(dir.path())
+        .args(["partners", "revoke", id])
+        .output()
+        .unwrap();
+    assert!(revoke.status.success());
+    let listing = platescore(dir.path())
+        .args(["partners", "list"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(listing.stdout)
+        .unwrap()
+        .contains("revoked"));
+
+    let missing = platescore(dir.path())
+        .args(["partners", "revoke", "00000000-0000-0000-0000-000000000000"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+}
+
+#[test]
+fn openapi_prints_the_committed_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = platescore(dir.path()).arg("openapi").output().unwrap();
+    assert!(output.status.success());
+    let committed =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json")).unwrap();
+    assert_eq!(output.stdout, committed);
+}
+
+#[test]
+fn a_bad_setting_stops_the_start_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = platescore(dir.path())
+        .env("PLATESCORE_OBJECT_STORE", "ftp://nowhere")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("object_store"), "{stderr}");
+}
+
+#[test]
+fn the_first_start_creates_a_partner_and_serves_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = platescore(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+
+    // Read until the curl line, which carries both the key and the address.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut key, mut url) = (None, None);
+    let mut line = String::new();
+    while url.is_none() && Instant::now() < deadline {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(start) = line.find("Bearer psk_") {
+            let rest = &line[start + "Bearer ".len()..];
+            key = Some(rest[..rest.find('\'').unwrap()].to_string());
+            url = line
+                .split_whitespace()
+                .find(|w| w.starts_with("http://"))
+                .map(str::to_string);
+        }
+    }
+    let (key, url) = (
+        key.expect("a key is printed"),
+        url.expect("a curl line is printed"),
+    );
+    assert!(dir.path().join("platescore.db").exists());
+    assert!(dir.path().join("objects").is_dir());
+
+    let base = url.trim_end_matches("/enqueue").to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let ready = client
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200);
+        let form = reqwest::multipart::Form::new().part(
+            "image",
+            reqwest::multipart::Part::bytes(std::fs::read("tests/fixtures/apple.jpg").unwrap())
+                .file_name("a.jpg"),
+        );
+        let response = client
+            .post(&url)
+            .bearer_auth(&key)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    });
+
+    // SIGTERM: a clean exit.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // A second start creates no second partner.
+    let output = platescore(dir.path())
+        .args(["partners", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap().lines().count(),
+        2,
+        "header plus one partner"
+    );
+}
