@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use tokio::{fs, io::AsyncWriteExt};
+use std::io::Write;
+
+use tokio::fs;
 
 use super::{validate_key, ObjectStore, ObjectStoreError};
 
@@ -43,23 +45,28 @@ impl ObjectStore for FolderStore {
         _content_type: &str,
     ) -> Result<(), ObjectStoreError> {
         let path = self.path(key)?;
-        // Write beside, flush to disk, then rename: the object appears whole or not at all.
         let staged = self.staging.join(uuid::Uuid::new_v4().simple().to_string());
-        let result = async {
-            let mut file = fs::File::create(&staged).await?;
-            file.write_all(&bytes).await?;
-            file.sync_data().await?;
-            drop(file);
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent).await?;
+        // One blocking task for the whole write: write beside, flush to disk, then rename,
+        // so the object appears whole or not at all.
+        tokio::task::spawn_blocking(move || {
+            let result = (|| {
+                let mut file = std::fs::File::create(&staged)?;
+                file.write_all(&bytes)?;
+                file.sync_data()?;
+                drop(file);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::rename(&staged, &path)
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&staged);
             }
-            fs::rename(&staged, &path).await
-        }
-        .await;
-        if result.is_err() {
-            let _ = fs::remove_file(&staged).await;
-        }
-        Ok(result?)
+            result
+        })
+        .await
+        .map_err(|e| ObjectStoreError::Backend(format!("blocking task failed: {e}")))??;
+        Ok(())
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, ObjectStoreError> {
