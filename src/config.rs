@@ -59,6 +59,8 @@ pub struct Config {
     pub max_image_pixels: u64,
     /// Largest accepted `metadata` object, in bytes of JSON.
     pub max_metadata_bytes: usize,
+    /// How long a verified API key is remembered; a revoked key works at most this long. 0: never.
+    pub auth_cache_seconds: u64,
     /// Comma-separated CIDRs that outbound URLs may reach although they are private.
     pub outbound_allow_cidrs: String,
     /// `text` or `json`.
@@ -89,6 +91,7 @@ impl Default for Config {
             max_upload_bytes: 20 * 1024 * 1024,
             max_image_pixels: 50_000_000,
             max_metadata_bytes: 16 * 1024,
+            auth_cache_seconds: 10,
             outbound_allow_cidrs: String::new(),
             log_format: LogFormat::Text,
         }

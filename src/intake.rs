@@ -176,9 +176,7 @@ impl Intake {
 
         let stored_key = match (&new_job.image, upload) {
             (NewJobImage::Stored { key, .. }, Some((bytes, mime))) => {
-                if !self.objects.exists(key).await? {
-                    self.objects.put(key, bytes, mime).await?;
-                }
+                self.objects.put(key, bytes, mime).await?;
                 Some(key.clone())
             }
             _ => None,

@@ -10,7 +10,7 @@ use poem::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::{self, AppState},
+    api::{self, auth::KeyCache, AppState},
     config::Config,
     intake::{Intake, IntakeLimits},
     objects,
@@ -61,6 +61,7 @@ impl Application {
                 db,
                 objects,
                 intake,
+                key_cache: KeyCache::new(Duration::from_secs(config.auth_cache_seconds)),
             }),
             max_body_bytes: config.max_upload_bytes,
         })

@@ -1,19 +1,69 @@
 //! Partner authentication: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use entity::partner;
 use poem::Request;
 use poem_openapi::{auth, SecurityScheme};
+use sha2::{Digest, Sha256};
 
 use super::{problem::ApiProblem, AppState};
+
+/// Remembers recently authenticated keys for a few seconds, so a burst of requests costs one
+/// database lookup. Only successes are cached: a revoked key stops working within `ttl`.
+pub struct KeyCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<[u8; 32], (partner::Model, Instant)>>,
+}
+
+/// Bounds memory against a flood of distinct valid keys; the cache is simply cleared.
+const MAX_CACHED_KEYS: usize = 10_000;
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, digest: &[u8; 32]) -> Option<partner::Model> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(digest)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(partner, _)| partner.clone())
+    }
+
+    fn put(&self, digest: [u8; 32], partner: partner::Model) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= MAX_CACHED_KEYS {
+            entries.clear();
+        }
+        entries.insert(digest, (partner, Instant::now()));
+    }
+}
 
 async fn check(req: &Request, key: &str) -> poem::Result<partner::Model> {
     let state = req
         .data::<Arc<AppState>>()
         .ok_or_else(|| ApiProblem::internal("application state missing"))?;
+    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    if let Some(partner) = state.key_cache.get(&digest) {
+        return Ok(partner);
+    }
     match crate::store::partners::authenticate(&state.db, key).await {
-        Ok(Some(partner)) => Ok(partner),
+        Ok(Some(partner)) => {
+            state.key_cache.put(digest, partner.clone());
+            Ok(partner)
+        }
         Ok(None) => Err(ApiProblem::new(
             poem::http::StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -58,5 +108,41 @@ impl PartnerAuth {
         match self {
             Self::Bearer(BearerKey(p)) | Self::Header(HeaderKey(p)) => p,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partner() -> partner::Model {
+        partner::Model {
+            id: uuid::Uuid::new_v4(),
+            name: "p".into(),
+            key_prefix: "psk_abcdefgh".into(),
+            key_hash: "0".repeat(64),
+            created_at: chrono::Utc::now(),
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn the_key_cache_forgets_after_its_ttl() {
+        let cache = KeyCache::new(Duration::from_secs(60));
+        let p = partner();
+        cache.put([1; 32], p.clone());
+        assert_eq!(cache.get(&[1; 32]), Some(p.clone()));
+        assert_eq!(cache.get(&[2; 32]), None);
+
+        let expired = KeyCache::new(Duration::from_secs(60));
+        expired.entries.lock().unwrap().insert(
+            [1; 32],
+            (p.clone(), Instant::now() - Duration::from_secs(61)),
+        );
+        assert_eq!(expired.get(&[1; 32]), None);
+
+        let off = KeyCache::new(Duration::ZERO);
+        off.put([1; 32], p);
+        assert_eq!(off.get(&[1; 32]), None);
     }
 }

@@ -1,6 +1,6 @@
 //! The HTTP API: poem-openapi operations, the spec at `/openapi.json` and its docs at `/docs`.
 
-mod auth;
+pub mod auth;
 pub mod dto;
 mod health;
 mod jobs;
@@ -19,6 +19,7 @@ pub struct AppState {
     pub db: Db,
     pub objects: Arc<dyn ObjectStore>,
     pub intake: Intake,
+    pub key_cache: auth::KeyCache,
 }
 
 #[derive(Tags)]

@@ -1,25 +1,27 @@
 //! A local folder as object store: the embedded default.
 
-use std::path::{Path, PathBuf};
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
 
 use bytes::Bytes;
-use std::io::Write;
-
 use tokio::fs;
 
 use super::{validate_key, ObjectStore, ObjectStoreError};
 
+/// Prefix of files still being written; never a valid key part, so never listed as an object.
+const STAGING_PREFIX: &str = ".staging-";
+
 pub struct FolderStore {
     root: PathBuf,
-    staging: PathBuf,
 }
 
 impl FolderStore {
     pub async fn open(root: impl Into<PathBuf>) -> Result<Self, ObjectStoreError> {
         let root = root.into();
-        let staging = root.join(".staging");
-        fs::create_dir_all(&staging).await?;
-        Ok(Self { root, staging })
+        fs::create_dir_all(&root).await?;
+        Ok(Self { root })
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, ObjectStoreError> {
@@ -36,6 +38,33 @@ fn not_found(key: &str, err: std::io::Error) -> ObjectStoreError {
     }
 }
 
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, ObjectStoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ObjectStoreError::Backend(format!("blocking task failed: {e}")))?
+        .map_err(ObjectStoreError::Io)
+}
+
+/// Writes beside the final path, flushes to disk, then renames: the object appears whole
+/// or not at all, and a rename within one folder locks only that folder.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let staged = parent.join(format!("{STAGING_PREFIX}{}", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&staged)?;
+        file.write_all(bytes)?;
+        file.sync_data()?;
+        std::fs::rename(&staged, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
+    result
+}
+
 #[async_trait::async_trait]
 impl ObjectStore for FolderStore {
     async fn put(
@@ -45,28 +74,14 @@ impl ObjectStore for FolderStore {
         _content_type: &str,
     ) -> Result<(), ObjectStoreError> {
         let path = self.path(key)?;
-        let staged = self.staging.join(uuid::Uuid::new_v4().simple().to_string());
-        // One blocking task for the whole write: write beside, flush to disk, then rename,
-        // so the object appears whole or not at all.
-        tokio::task::spawn_blocking(move || {
-            let result = (|| {
-                let mut file = std::fs::File::create(&staged)?;
-                file.write_all(&bytes)?;
-                file.sync_data()?;
-                drop(file);
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                std::fs::rename(&staged, &path)
-            })();
-            if result.is_err() {
-                let _ = std::fs::remove_file(&staged);
+        blocking(move || {
+            // Keys are content-addressed: an object already there holds these very bytes.
+            if path.is_file() {
+                return Ok(());
             }
-            result
+            write_atomically(&path, &bytes)
         })
         .await
-        .map_err(|e| ObjectStoreError::Backend(format!("blocking task failed: {e}")))??;
-        Ok(())
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, ObjectStoreError> {
@@ -89,20 +104,47 @@ impl ObjectStore for FolderStore {
     }
 
     async fn health_check(&self) -> Result<(), ObjectStoreError> {
-        let probe = self.staging.join(".health");
-        fs::write(&probe, b"ok").await?;
-        fs::remove_file(&probe).await?;
-        Ok(())
+        let probe = self.root.join(format!("{STAGING_PREFIX}health"));
+        blocking(move || {
+            std::fs::write(&probe, b"ok")?;
+            std::fs::remove_file(&probe)
+        })
+        .await
     }
 
     fn describe(&self) -> String {
-        format!("folder {}", display_path(&self.root))
+        let absolute = std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone());
+        format!("folder {}", absolute.display())
     }
 }
 
-fn display_path(path: &Path) -> String {
-    std::path::absolute(path)
-        .unwrap_or_else(|_| path.to_path_buf())
-        .display()
-        .to_string()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn objects_round_trip_and_deletes_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FolderStore::open(dir.path()).await.unwrap();
+        let key = "images/sha256/ab/abcdef";
+        assert!(!store.exists(key).await.unwrap());
+        store
+            .put(key, Bytes::from_static(b"meal"), "image/jpeg")
+            .await
+            .unwrap();
+        assert!(store.exists(key).await.unwrap());
+        assert_eq!(store.get(key).await.unwrap(), Bytes::from_static(b"meal"));
+        store.delete(key).await.unwrap();
+        store.delete(key).await.unwrap();
+        assert!(matches!(
+            store.get(key).await,
+            Err(ObjectStoreError::NotFound(_))
+        ));
+        store.health_check().await.unwrap();
+        // Nothing staged is left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("images/sha256/ab"))
+            .unwrap()
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
 }

@@ -28,7 +28,8 @@ pub enum ObjectStoreError {
 
 #[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
-    /// Stores `bytes` under `key`, replacing any object there. Readers never see a partial object.
+    /// Stores `bytes` under `key`. Readers never see a partial object. Keys are
+    /// content-addressed, so a store may keep an object already there instead of rewriting it.
     async fn put(
         &self,
         key: &str,

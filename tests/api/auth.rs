@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::helpers::{assert_problem, fixture, TestApp};
+use crate::helpers::{assert_problem, fixture, TestApp, TestOptions};
 
 #[tokio::test]
 async fn a_missing_key_is_401() {
@@ -49,7 +49,12 @@ async fn the_x_api_key_header_works_too() {
 
 #[tokio::test]
 async fn a_revoked_key_is_401() {
-    let app = TestApp::spawn().await;
+    // With the key cache off; with it on, revocation takes up to `auth_cache_seconds`.
+    let app = TestApp::spawn_with(TestOptions {
+        configure: Box::new(|config| config.auth_cache_seconds = 0),
+        ..TestOptions::default()
+    })
+    .await;
     let key = app.new_partner("leaving").await;
     assert_eq!(
         app.client

@@ -11,7 +11,7 @@ bin=target/release/platescore
 [ -x "$bin" ] || cargo build --release
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install wrk" >&2; exit 1; }
 
-work=$(mktemp -d /tmp/platescore-bench.XXXXXX)
+work=$(mktemp -d "${BENCH_TMPDIR:-/tmp}/platescore-bench.XXXXXX")
 server_pid=
 cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
