@@ -2,7 +2,7 @@
 //! TOML file, then environment variables (`PLATESCORE_<FIELD>`, plus `DATABASE_URL`).
 //! Every field is documented in `docs/configuration.md`.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use figment::{
     providers::{Env, Format, Serialized, Toml},
@@ -10,6 +10,10 @@ use figment::{
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+use crate::inference::{
+    DecodeLimits, ExecutionProvider, RuntimeChoice, RuntimeSettings, ScorerSettings,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -65,6 +69,30 @@ pub struct Config {
     pub outbound_allow_cidrs: String,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// Folder of the food-scoring model (`manifest.json`, `model.onnx`, tables).
+    pub model_dir: PathBuf,
+    /// `auto` (ONNX Runtime when its library loads, else tract), `ort` or `tract`.
+    pub runtime: RuntimeChoice,
+    /// Path of `libonnxruntime.so…`; when unset, `ORT_DYLIB_PATH`, then the loader's path.
+    pub ort_library: Option<PathBuf>,
+    /// ONNX Runtime provider: `cpu`, `cuda`, or `tensorrt` (falls back to CUDA, then CPU).
+    pub execution_provider: ExecutionProvider,
+    /// Threads for one inference (ONNX Runtime) or inference workers (tract). 0: all cores.
+    pub inference_threads: usize,
+    /// Largest batch; default per runtime (tract 1, ort CPU 8, GPU 32).
+    pub max_batch: Option<usize>,
+    /// Longest a request waits for its batch to fill, in ms; default per runtime.
+    pub max_batch_wait_ms: Option<u64>,
+    /// Batches run at once; default per runtime.
+    pub inference_workers: Option<usize>,
+    /// Requests that may wait for a batch before callers are made to wait.
+    pub batch_queue_capacity: usize,
+    /// Bytes a decoder may allocate for one image's pixels.
+    pub max_decode_bytes: u64,
+    /// TensorRT: build FP16 engines.
+    pub tensorrt_fp16: bool,
+    /// TensorRT: folder for built engines, so restarts skip the build; default `<data_dir>/tensorrt`.
+    pub tensorrt_cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +122,18 @@ impl Default for Config {
             auth_cache_seconds: 10,
             outbound_allow_cidrs: String::new(),
             log_format: LogFormat::Text,
+            model_dir: PathBuf::from("models/food-scorer"),
+            runtime: RuntimeChoice::Auto,
+            ort_library: None,
+            execution_provider: ExecutionProvider::Cpu,
+            inference_threads: 0,
+            max_batch: None,
+            max_batch_wait_ms: None,
+            inference_workers: None,
+            batch_queue_capacity: 256,
+            max_decode_bytes: 512 * 1024 * 1024,
+            tensorrt_fp16: true,
+            tensorrt_cache_dir: None,
         }
     }
 }
@@ -192,6 +232,39 @@ impl Config {
             "object_store",
             format!("`{spec}`: expected file:///path or s3://bucket/prefix"),
         ))
+    }
+
+    /// What the food scorer needs from the configuration.
+    pub fn scorer_settings(&self) -> ScorerSettings {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let threads = if self.inference_threads == 0 {
+            cores
+        } else {
+            self.inference_threads
+        };
+        ScorerSettings {
+            model_dir: self.model_dir.clone(),
+            runtime: RuntimeSettings {
+                choice: self.runtime,
+                ort_library: self.ort_library.clone(),
+                provider: self.execution_provider,
+                threads,
+                tensorrt_fp16: self.tensorrt_fp16,
+                tensorrt_cache_dir: Some(
+                    self.tensorrt_cache_dir
+                        .clone()
+                        .unwrap_or_else(|| self.data_dir.join("tensorrt")),
+                ),
+            },
+            max_batch: self.max_batch,
+            max_wait: self.max_batch_wait_ms.map(Duration::from_millis),
+            workers: self.inference_workers,
+            queue_capacity: self.batch_queue_capacity.max(1),
+            limits: DecodeLimits {
+                max_pixels: self.max_image_pixels,
+                max_decode_bytes: self.max_decode_bytes,
+            },
+        }
     }
 
     pub fn outbound_allow_list(&self) -> Result<Vec<IpNet>, ConfigError> {

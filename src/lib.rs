@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod imaging;
+pub mod inference;
 pub mod intake;
 pub mod objects;
 pub mod outbound;

@@ -1,6 +1,8 @@
 //! The command line: `serve` (the default), `migrate`, `partners`, `openapi`.
 //! Results go to stdout, so scripts can capture them; messages for people go to stderr.
 
+mod score;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +40,18 @@ pub enum Command {
     /// Manage partners and their API keys.
     #[command(subcommand)]
     Partners(PartnersCommand),
+    /// Score photos (files or folders): one JSON line per image on stdout.
+    Score {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Diet tags that shape the tips (repeatable): low_sodium, low_sugar, vegetarian,
+        /// vegan, halal, pregnancy, low_fiber, iodine_restricted.
+        #[arg(long = "diet")]
+        diets: Vec<crate::inference::DietTag>,
+        /// Language of the tips.
+        #[arg(long, default_value = crate::inference::tips::DEFAULT_LANG)]
+        lang: String,
+    },
     /// Print the OpenAPI document.
     Openapi {
         /// Write it to this file instead of stdout.
@@ -76,6 +90,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Partners(command) => manage_partners(&config, command).await,
+        Command::Score { paths, diets, lang } => {
+            let all_ok = score::run(&config, &paths, &diets, &lang).await?;
+            anyhow::ensure!(all_ok, "some images could not be scored");
+            Ok(())
+        }
         Command::Openapi { .. } => unreachable!("handled above"),
     }
 }

@@ -1,0 +1,111 @@
+//! `platescore score PATH...`: scores files and folders, one JSON line per image on stdout,
+//! with a progress bar on stderr when a folder is given.
+
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use crate::{
+    config::Config,
+    inference::{DietTag, Scored, Scorer},
+};
+
+/// The path first, then the result.
+#[derive(serde::Serialize)]
+struct ScoredLine<'a> {
+    path: &'a str,
+    #[serde(flatten)]
+    scored: &'a Scored,
+}
+
+const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "mpo"];
+
+/// Files as given, and the images inside folders (recursively, sorted).
+fn collect(paths: &[PathBuf]) -> std::io::Result<(Vec<PathBuf>, bool)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.path());
+        for entry in entries {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out)?;
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+            {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    let mut any_folder = false;
+    for path in paths {
+        if path.is_dir() {
+            any_folder = true;
+            walk(path, &mut files)?;
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok((files, any_folder))
+}
+
+pub async fn run(
+    config: &Config,
+    paths: &[PathBuf],
+    diets: &[DietTag],
+    lang: &str,
+) -> anyhow::Result<bool> {
+    let (files, any_folder) = collect(paths)?;
+    let scorer = Scorer::load(&config.scorer_settings(), None)?;
+    tracing::info!(runtime = scorer.runtime_name(), model = %scorer.model().version, images = files.len(), "scoring");
+    let progress = if any_folder {
+        let bar =
+            ProgressBar::with_draw_target(Some(files.len() as u64), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    // Enough in flight to fill every batch, in input order on output.
+    let settings = scorer.batcher_settings();
+    let in_flight = (settings.max_batch * settings.workers * 2).max(4);
+    let scorer = &scorer;
+    let mut lines = futures_util::stream::iter(files)
+        .map(|path| async move {
+            let outcome = match tokio::fs::read(&path).await {
+                Ok(bytes) => scorer
+                    .score(bytes.into(), diets, lang)
+                    .await
+                    .map_err(|e| (e.code().to_string(), e.to_string())),
+                Err(e) => Err(("io_error".to_string(), e.to_string())),
+            };
+            (path, outcome)
+        })
+        .buffered(in_flight);
+    let mut all_ok = true;
+    while let Some((path, outcome)) = lines.next().await {
+        let path = path.display().to_string();
+        let line = match outcome {
+            Ok(scored) => serde_json::to_string(&ScoredLine {
+                path: &path,
+                scored: &scored,
+            })?,
+            Err((code, message)) => {
+                all_ok = false;
+                json!({ "path": path, "error": { "code": code, "message": message } }).to_string()
+            }
+        };
+        progress.suspend(|| println!("{line}"));
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    Ok(all_ok)
+}

@@ -1,0 +1,193 @@
+//! The model folder: the ONNX file, its manifest, labels, the food table and the tips.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{preprocess::InputSpec, tips::TipCatalogue, InferenceError};
+
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    version: String,
+    file: String,
+    sha256: String,
+    input: ManifestInput,
+    output: ManifestOutput,
+    preprocess: ManifestPreprocess,
+    normalisation: ManifestNormalisation,
+}
+
+#[derive(Debug, Deserialize)]
+struct ManifestInput {
+    height: u32,
+    width: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct ManifestOutput {
+    classes: usize,
+    labels: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ManifestPreprocess {
+    resize_shorter_side: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct ManifestNormalisation {
+    mean: [f32; 3],
+    std: [f32; 3],
+}
+
+/// One ImageNet class that is food, and how healthy it is.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FoodClass {
+    pub index: usize,
+    pub label: String,
+    pub group: String,
+    pub score: u8,
+    pub rationale: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HintClass {
+    pub index: usize,
+    pub label: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct FoodTableFile {
+    version: String,
+    food_threshold: f32,
+    food: Vec<FoodClass>,
+    hint: Vec<HintClass>,
+}
+
+/// Which classes are food, their scores, and the food/not-food threshold.
+#[derive(Debug)]
+pub struct FoodTable {
+    pub version: String,
+    /// Food plus hint probability mass needed to call a photo food.
+    pub food_threshold: f32,
+    pub food: HashMap<usize, FoodClass>,
+    pub hints: HashSet<usize>,
+}
+
+/// Everything needed to turn pixels into a scored result.
+#[derive(Debug)]
+pub struct FoodModel {
+    pub onnx_path: PathBuf,
+    /// Model file, food table and tips versions together: stored with every result.
+    pub version: String,
+    pub input: InputSpec,
+    pub labels: Vec<String>,
+    pub table: FoodTable,
+    pub tips: TipCatalogue,
+}
+
+fn model_error(path: &Path, message: impl std::fmt::Display) -> InferenceError {
+    InferenceError::Model(format!("{}: {message}", path.display()))
+}
+
+fn read(path: &Path) -> Result<String, InferenceError> {
+    std::fs::read_to_string(path).map_err(|e| model_error(path, e))
+}
+
+impl FoodModel {
+    /// Loads and cross-checks the model folder: the ONNX file's SHA-256 must match the
+    /// manifest, and every food class's label must match the model's label list.
+    pub fn load(dir: &Path) -> Result<Self, InferenceError> {
+        let manifest_path = dir.join("manifest.json");
+        let manifest: Manifest = serde_json::from_str(&read(&manifest_path)?)
+            .map_err(|e| model_error(&manifest_path, e))?;
+        let onnx_path = dir.join(&manifest.file);
+        let onnx = std::fs::read(&onnx_path).map_err(|e| model_error(&onnx_path, e))?;
+        let actual = hex::encode(Sha256::digest(&onnx));
+        if actual != manifest.sha256 {
+            return Err(model_error(
+                &onnx_path,
+                format!(
+                    "SHA-256 {actual} does not match the manifest's {}",
+                    manifest.sha256
+                ),
+            ));
+        }
+        let labels_path = dir.join(&manifest.output.labels);
+        let labels: Vec<String> = read(&labels_path)?.lines().map(str::to_string).collect();
+        if labels.len() != manifest.output.classes {
+            return Err(model_error(
+                &labels_path,
+                format!(
+                    "{} labels, expected {}",
+                    labels.len(),
+                    manifest.output.classes
+                ),
+            ));
+        }
+
+        let table_path = dir.join("food_classes.toml");
+        let table: FoodTableFile =
+            toml::from_str(&read(&table_path)?).map_err(|e| model_error(&table_path, e))?;
+        for (index, label) in table
+            .food
+            .iter()
+            .map(|f| (f.index, &f.label))
+            .chain(table.hint.iter().map(|h| (h.index, &h.label)))
+        {
+            if labels.get(index) != Some(label) {
+                return Err(model_error(
+                    &table_path,
+                    format!("class {index} is {:?}, not {label:?}", labels.get(index)),
+                ));
+            }
+        }
+        if let Some(bad) = table.food.iter().find(|f| !(1..=5).contains(&f.score)) {
+            return Err(model_error(
+                &table_path,
+                format!("class {} has score {}, not 1 to 5", bad.index, bad.score),
+            ));
+        }
+
+        let tips_path = dir.join("tips.toml");
+        let tips =
+            TipCatalogue::parse(&read(&tips_path)?).map_err(|e| model_error(&tips_path, e))?;
+
+        if manifest.input.height != manifest.input.width {
+            return Err(model_error(
+                &manifest_path,
+                "only square inputs are supported",
+            ));
+        }
+        Ok(Self {
+            onnx_path,
+            version: format!(
+                "{}+classes.{}+tips.{}",
+                manifest.version, table.version, tips.version
+            ),
+            input: InputSpec {
+                size: manifest.input.width,
+                resize_shorter: manifest.preprocess.resize_shorter_side,
+                mean: manifest.normalisation.mean,
+                std: manifest.normalisation.std,
+            },
+            labels,
+            table: FoodTable {
+                version: table.version,
+                food_threshold: table.food_threshold,
+                food: table.food.into_iter().map(|f| (f.index, f)).collect(),
+                hints: table.hint.into_iter().map(|h| h.index).collect(),
+            },
+            tips,
+        })
+    }
+
+    /// The model shipped in `models/food-scorer` of this repository.
+    pub fn default_dir() -> PathBuf {
+        PathBuf::from("models/food-scorer")
+    }
+}

@@ -1,0 +1,530 @@
+//! The food scorer with the real model: preprocessing of awkward files, scores that make
+//! sense, tips that respect diets, batching under concurrency. tract always; ONNX Runtime
+//! when `ORT_DYLIB_PATH` points at its library (CI installs it from PyPI).
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use platescore::inference::{
+    preprocess::{self, DecodeLimits},
+    runtime::{RuntimeSettings, TractRuntime},
+    DietTag, ExecutionProvider, FoodModel, ImageError, InferenceError, Runtime, RuntimeChoice,
+    Scorer, ScorerSettings,
+};
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn model_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/food-scorer")
+}
+
+fn model() -> Arc<FoodModel> {
+    static MODEL: OnceLock<Arc<FoodModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| Arc::new(FoodModel::load(&model_dir()).unwrap()))
+        .clone()
+}
+
+fn tract() -> Arc<dyn Runtime> {
+    static TRACT: OnceLock<Arc<dyn Runtime>> = OnceLock::new();
+    TRACT
+        .get_or_init(|| Arc::new(TractRuntime::load(&model().onnx_path, 224, 2).unwrap()))
+        .clone()
+}
+
+fn settings() -> ScorerSettings {
+    ScorerSettings {
+        model_dir: model_dir(),
+        runtime: RuntimeSettings {
+            choice: RuntimeChoice::Tract,
+            ort_library: None,
+            provider: ExecutionProvider::Cpu,
+            threads: 2,
+            tensorrt_fp16: false,
+            tensorrt_cache_dir: None,
+        },
+        max_batch: None,
+        max_wait: None,
+        workers: None,
+        queue_capacity: 64,
+        limits: DecodeLimits::default(),
+    }
+}
+
+fn tract_scorer() -> Scorer {
+    Scorer::with_runtime(model(), tract(), &settings(), None)
+}
+
+#[tokio::test]
+async fn fruit_and_vegetables_score_4_or_more() {
+    let scorer = tract_scorer();
+    for name in [
+        "lemon.jpg",
+        "pineapple.jpg",
+        "cabbage.jpg",
+        "bell_pepper.jpg",
+    ] {
+        let scored = scorer
+            .score(fixture(name).into(), &[], "en")
+            .await
+            .unwrap()
+            .result;
+        assert!(scored.is_food, "{name}: {scored:?}");
+        let score = scored.score.unwrap();
+        assert!(score >= 4.0, "{name} scored {score}: {:?}", scored.labels);
+        assert!(
+            matches!(scored.food_group.as_deref(), Some("fruit" | "vegetable")),
+            "{name}: {scored:?}"
+        );
+        assert!(
+            (1..=3).contains(&scored.tips.len()),
+            "{name}: {:?}",
+            scored.tips
+        );
+        assert!(scored.confidence > 0.5, "{name}: {scored:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_burger_and_a_pizza_score_2_or_less() {
+    let scorer = tract_scorer();
+    let burger = scorer
+        .score(
+            fixture("awkward/large_6000x4000_hamburger.jpeg").into(),
+            &[],
+            "en",
+        )
+        .await
+        .unwrap()
+        .result;
+    assert!(burger.is_food);
+    assert_eq!(burger.labels[0].label, "cheeseburger");
+    assert!(burger.score.unwrap() <= 2.0, "{burger:?}");
+    assert_eq!(burger.food_group.as_deref(), Some("fast_food"));
+    let pizza = scorer
+        .score(fixture("pizza.jpg").into(), &[], "en")
+        .await
+        .unwrap()
+        .result;
+    assert_eq!(pizza.labels[0].label, "pizza");
+    assert!(pizza.rating.unwrap() <= 2, "{pizza:?}");
+}
+
+#[tokio::test]
+async fn cats_documents_and_landscapes_are_not_food() {
+    let scorer = tract_scorer();
+    for name in [
+        "cat.jpg",
+        "document.png",
+        "awkward/exif_orientation6_Landscape_6.jpg",
+        "flower.webp",
+    ] {
+        let result = scorer
+            .score(fixture(name).into(), &[], "en")
+            .await
+            .unwrap()
+            .result;
+        assert!(!result.is_food, "{name}: {result:?}");
+        assert_eq!(
+            (result.score, result.rating, result.food_group.as_deref()),
+            (None, None, None),
+            "{name}"
+        );
+        assert!(result.tips.is_empty());
+        assert_eq!(result.labels.len(), 5);
+    }
+}
+
+#[tokio::test]
+async fn every_awkward_file_gets_a_result_or_a_clear_error() {
+    let scorer = tract_scorer();
+    for name in [
+        "awkward/cmyk_adobe.jpg",
+        "awkward/exif_orientation6_Landscape_6.jpg",
+        "awkward/large_6000x4000_hamburger.jpeg",
+        "awkward/mpo_stereo_nintendo3ds.mpo",
+        "awkward/webp_flower.webp",
+    ] {
+        let scored = scorer.score(fixture(name).into(), &[], "en").await;
+        assert!(scored.is_ok(), "{name}: {scored:?}");
+    }
+    let truncated = scorer
+        .score(
+            fixture("awkward/truncated_progressive.jpg").into(),
+            &[],
+            "en",
+        )
+        .await;
+    match truncated {
+        Err(InferenceError::Image(err @ ImageError::Corrupt(_))) => {
+            assert_eq!(err.code(), "image_corrupt")
+        }
+        other => panic!("a truncated JPEG must be image_corrupt: {other:?}"),
+    }
+}
+
+#[test]
+fn exif_orientation_is_applied() {
+    // Stored 1200×1800 (portrait) with orientation 6: upright it is a landscape.
+    let decoded = preprocess::decode(
+        &fixture("awkward/exif_orientation6_Landscape_6.jpg"),
+        256,
+        &DecodeLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(decoded.original, (1200, 1800));
+    let (w, h) = decoded.rgb.dimensions();
+    assert!(w > h, "{w}×{h} should be landscape once oriented");
+}
+
+#[test]
+fn large_jpegs_are_decoded_at_reduced_dct_scale() {
+    let decoded = preprocess::decode(
+        &fixture("awkward/large_6000x4000_hamburger.jpeg"),
+        256,
+        &DecodeLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(decoded.original, (6000, 4000));
+    assert_eq!(decoded.dct_scale_denominator, 8);
+    assert_eq!(decoded.rgb.dimensions(), (750, 500));
+    // Small images are decoded at full size.
+    let small = preprocess::decode(&fixture("lemon.jpg"), 256, &DecodeLimits::default()).unwrap();
+    assert_eq!(small.dct_scale_denominator, 1);
+}
+
+#[test]
+fn cmyk_jpegs_decode_to_the_right_colours() {
+    // Red letters on black: red dominates, green and blue stay dark.
+    let decoded = preprocess::decode(
+        &fixture("awkward/cmyk_adobe.jpg"),
+        256,
+        &DecodeLimits::default(),
+    )
+    .unwrap();
+    let n = f64::from(decoded.rgb.width() * decoded.rgb.height());
+    let mean = |c: usize| decoded.rgb.pixels().map(|p| f64::from(p.0[c])).sum::<f64>() / n;
+    let (r, g, b) = (mean(0), mean(1), mean(2));
+    assert!(
+        r > 3.0 * g && r > 3.0 * b && g < 20.0 && b < 20.0,
+        "mean rgb {r:.1} {g:.1} {b:.1}"
+    );
+    // And agree with the `image` crate's own CMYK conversion.
+    let reference = image::load_from_memory(&fixture("awkward/cmyk_adobe.jpg"))
+        .unwrap()
+        .into_rgb8();
+    let diff: f64 = decoded
+        .rgb
+        .as_raw()
+        .iter()
+        .zip(reference.as_raw())
+        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+        .sum::<f64>()
+        / decoded.rgb.as_raw().len() as f64;
+    assert!(diff < 3.0, "mean abs difference {diff}");
+}
+
+#[test]
+fn transparent_pixels_become_white() {
+    let mut png = Vec::new();
+    image::RgbaImage::from_pixel(300, 300, image::Rgba([10, 200, 30, 0]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let decoded = preprocess::decode(&png, 256, &DecodeLimits::default()).unwrap();
+    assert!(decoded.rgb.pixels().all(|p| p.0 == [255, 255, 255]));
+    let mut gray = Vec::new();
+    image::GrayImage::from_pixel(300, 200, image::Luma([77]))
+        .write_to(
+            &mut std::io::Cursor::new(&mut gray),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    let decoded = preprocess::decode(&gray, 256, &DecodeLimits::default()).unwrap();
+    assert!(decoded.rgb.pixels().all(|p| p.0 == [77, 77, 77]));
+}
+
+#[test]
+fn pixel_and_memory_limits_are_enforced_before_decoding() {
+    let tight = DecodeLimits {
+        max_pixels: 1_000_000,
+        max_decode_bytes: 512 << 20,
+    };
+    let err = preprocess::decode(
+        &fixture("awkward/large_6000x4000_hamburger.jpeg"),
+        256,
+        &tight,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        ImageError::TooManyPixels {
+            width: 6000,
+            height: 4000,
+            limit: 1_000_000
+        }
+    );
+    assert_eq!(err.code(), "image_too_large");
+    let little_memory = DecodeLimits {
+        max_pixels: 50_000_000,
+        max_decode_bytes: 100_000,
+    };
+    let err = preprocess::decode(&fixture("flower.webp"), 256, &little_memory).unwrap_err();
+    assert!(matches!(err, ImageError::TooMuchMemory { .. }), "{err:?}");
+    assert_eq!(
+        preprocess::decode(b"GIF89a....", 256, &tight).unwrap_err(),
+        ImageError::UnsupportedFormat
+    );
+}
+
+#[test]
+fn the_tensor_is_normalised_chw() {
+    let model = model();
+    let prepared = preprocess::prepare(
+        &fixture("lemon.jpg"),
+        &model.input,
+        &DecodeLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(prepared.tensor.len(), 3 * 224 * 224);
+    // (x - 127) / 128 keeps every value within [-1, 1].
+    assert!(prepared.tensor.iter().all(|v| (-1.0..=1.0).contains(v)));
+    let mean: f32 = prepared.tensor.iter().sum::<f32>() / prepared.tensor.len() as f32;
+    assert!(mean.abs() < 0.9, "{mean}");
+}
+
+#[test]
+fn tips_respect_diets_and_always_come_one_to_three() {
+    let model = model();
+    let groups: std::collections::BTreeSet<&str> = model
+        .table
+        .food
+        .values()
+        .map(|c| c.group.as_str())
+        .collect();
+    let meat = [
+        "chicken", "fish", "meat", "beef", "pork", "seafood", "salmon",
+    ];
+    let animal = [
+        "egg", "eggs", "milk", "cheese", "butter", "yoghurt", "honey",
+    ];
+    let mut diets: Vec<Vec<DietTag>> = vec![vec![]];
+    diets.extend(DietTag::ALL.iter().map(|t| vec![*t]));
+    diets.push(vec![DietTag::Vegan, DietTag::LowFiber, DietTag::LowSodium]);
+    diets.push(vec![
+        DietTag::Vegetarian,
+        DietTag::Pregnancy,
+        DietTag::IodineRestricted,
+    ]);
+    diets.push(vec![DietTag::Halal, DietTag::Pregnancy, DietTag::LowSugar]);
+    for group in &groups {
+        for rating in 1..=5 {
+            for tags in &diets {
+                let tips = model.tips.select(group, rating, tags, "en");
+                assert!(
+                    (1..=3).contains(&tips.len()),
+                    "{group} {rating} {tags:?}: {tips:?}"
+                );
+                for tip in &tips {
+                    let text = tip.text.to_lowercase();
+                    let suggests = ["add ", "try ", "choose ", "servings of ", "eat "]
+                        .iter()
+                        .any(|v| text.contains(v));
+                    let advice_to_eat = |w: &str| suggests && text.contains(w);
+                    if tags.contains(&DietTag::Vegetarian) || tags.contains(&DietTag::Vegan) {
+                        assert!(
+                            !meat.iter().any(|w| advice_to_eat(w)),
+                            "{tags:?} told: {}",
+                            tip.text
+                        );
+                    }
+                    if tags.contains(&DietTag::Vegan) {
+                        let plant_based = text.replace("soy yoghurt", "soy");
+                        let words: Vec<&str> =
+                            plant_based.split(|c: char| !c.is_alphabetic()).collect();
+                        assert!(
+                            !animal.iter().any(|w| words.contains(w)),
+                            "vegan told: {}",
+                            tip.text
+                        );
+                    }
+                    if tags.contains(&DietTag::Halal) {
+                        // Warnings against alcohol are fine; moderation advice is not.
+                        let drinks_allowed =
+                            text.contains("alcohol") && !text.contains("no amount of alcohol");
+                        assert!(
+                            !text.contains("pork") && !drinks_allowed,
+                            "halal told: {}",
+                            tip.text
+                        );
+                    }
+                    if tags.contains(&DietTag::LowFiber) {
+                        assert!(
+                            !text.contains("more fibre") && !text.contains("fibre-rich"),
+                            "low_fiber told: {}",
+                            tip.text
+                        );
+                    }
+                    if tags.contains(&DietTag::IodineRestricted) {
+                        assert!(
+                            !text.contains("servings of seafood"),
+                            "iodine_restricted told: {}",
+                            tip.text
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_model_file_that_does_not_match_its_manifest_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        "model.onnx",
+        "labels.txt",
+        "food_classes.toml",
+        "tips.toml",
+        "manifest.json",
+    ] {
+        std::fs::copy(model_dir().join(file), dir.path().join(file)).unwrap();
+    }
+    let manifest = std::fs::read_to_string(dir.path().join("manifest.json")).unwrap();
+    let sha = &model().onnx_path;
+    assert!(sha.exists());
+    let tampered = manifest.replacen("\"sha256\": \"", "\"sha256\": \"00", 1);
+    std::fs::write(dir.path().join("manifest.json"), tampered).unwrap();
+    let err = FoodModel::load(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("SHA-256"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_concurrency_each_caller_gets_its_own_result_and_batches_stay_in_bounds() {
+    let names = [
+        "lemon.jpg",
+        "pineapple.jpg",
+        "cabbage.jpg",
+        "bell_pepper.jpg",
+        "cat.jpg",
+        "pizza.jpg",
+        "document.png",
+    ];
+    // Reference: each image scored alone.
+    let alone = tract_scorer();
+    let mut expected = Vec::new();
+    for name in names {
+        expected.push(
+            alone
+                .score(fixture(name).into(), &[], "en")
+                .await
+                .unwrap()
+                .result,
+        );
+    }
+
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let observed = sizes.clone();
+    let batched = Arc::new(Scorer::with_runtime(
+        model(),
+        tract(),
+        &ScorerSettings {
+            max_batch: Some(4),
+            max_wait: Some(Duration::from_millis(20)),
+            workers: Some(1),
+            queue_capacity: 8,
+            ..settings()
+        },
+        Some(Arc::new(move |size| observed.lock().unwrap().push(size))),
+    ));
+    let mut handles = Vec::new();
+    for round in 0..3 {
+        for (i, name) in names.iter().enumerate() {
+            let scorer = batched.clone();
+            let bytes = fixture(name);
+            handles.push(tokio::spawn(async move {
+                (
+                    round,
+                    i,
+                    scorer.score(bytes.into(), &[], "en").await.unwrap().result,
+                )
+            }));
+        }
+    }
+    for handle in handles {
+        let (_, i, result) = handle.await.unwrap();
+        let reference = &expected[i];
+        assert_eq!(
+            result.labels.iter().map(|l| l.index).collect::<Vec<_>>()[..3],
+            reference.labels.iter().map(|l| l.index).collect::<Vec<_>>()[..3],
+            "{}",
+            names[i]
+        );
+        assert_eq!(result.is_food, reference.is_food, "{}", names[i]);
+        assert!(
+            (result.confidence - reference.confidence).abs() < 1e-3,
+            "{}",
+            names[i]
+        );
+    }
+    let sizes = sizes.lock().unwrap();
+    assert_eq!(sizes.iter().sum::<usize>(), 3 * names.len());
+    assert!(sizes.iter().all(|&s| (1..=4).contains(&s)), "{sizes:?}");
+    assert!(
+        sizes.iter().any(|&s| s > 1),
+        "no batching happened: {sizes:?}"
+    );
+}
+
+/// ONNX Runtime: runs when `ORT_DYLIB_PATH` names the library (CI sets it); otherwise it
+/// says so and checks nothing.
+#[tokio::test]
+async fn onnx_runtime_agrees_with_tract() {
+    let Some(library) = std::env::var_os("ORT_DYLIB_PATH") else {
+        eprintln!("ORT_DYLIB_PATH is not set: ONNX Runtime not tested here");
+        return;
+    };
+    let ort_settings = ScorerSettings {
+        runtime: RuntimeSettings {
+            choice: RuntimeChoice::Ort,
+            ort_library: Some(library.into()),
+            ..settings().runtime
+        },
+        ..settings()
+    };
+    let ort = Scorer::load(&ort_settings, None).unwrap();
+    assert_eq!(ort.runtime_name(), "ort-cpu");
+    assert_eq!(ort.batcher_settings().max_batch, 8);
+    let tract = tract_scorer();
+    for name in [
+        "lemon.jpg",
+        "cat.jpg",
+        "awkward/large_6000x4000_hamburger.jpeg",
+    ] {
+        let a = ort
+            .score(fixture(name).into(), &[], "en")
+            .await
+            .unwrap()
+            .result;
+        let b = tract
+            .score(fixture(name).into(), &[], "en")
+            .await
+            .unwrap()
+            .result;
+        assert_eq!(a.labels[0].index, b.labels[0].index, "{name}");
+        assert!(
+            (a.labels[0].probability - b.labels[0].probability).abs() < 2e-3,
+            "{name}"
+        );
+        assert_eq!(a.is_food, b.is_food);
+    }
+}
