@@ -176,3 +176,65 @@ fn the_first_start_creates_a_partner_and_serves_the_api() {
         "header plus one partner"
     );
 }
+
+#[test]
+fn score_prints_one_json_line_per_image_path_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(photos.join("nested")).unwrap();
+    for (from, to) in [
+        ("lemon.jpg", "photos/lemon.jpg"),
+        ("cat.jpg", "photos/nested/cat.jpg"),
+        ("awkward/truncated_progressive.jpg", "photos/broken.jpg"),
+    ] {
+        std::fs::copy(format!("tests/fixtures/{from}"), dir.path().join(to)).unwrap();
+    }
+    std::fs::write(photos.join("notes.txt"), "not an image").unwrap();
+    let output = platescore(dir.path())
+        .env("PLATESCORE_RUNTIME", "tract")
+        .env(
+            "PLATESCORE_MODEL_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/models/food-scorer"),
+        )
+        .args(["score", "--diet", "vegetarian"])
+        .arg(&photos)
+        .output()
+        .unwrap();
+    // One image failed, so the exit status says so; the others are still scored.
+    assert!(!output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for line in stdout.lines() {
+        assert!(line.starts_with("{\"path\":"), "{line}");
+    }
+    let by_name = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l["path"].as_str().unwrap().ends_with(name))
+            .unwrap()
+    };
+    let lemon = by_name("lemon.jpg");
+    assert_eq!(lemon["is_food"], true);
+    assert!(lemon["score"].as_f64().unwrap() >= 4.0);
+    assert_eq!(lemon["labels"][0]["label"], "lemon");
+    assert!(!lemon["tips"].as_array().unwrap().is_empty());
+    assert!(lemon["timings"]["total_ms"].as_f64().unwrap() > 0.0);
+    assert!(lemon["model_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("efficientnet-lite0"));
+    assert_eq!(by_name("cat.jpg")["is_food"], false);
+    assert_eq!(by_name("broken.jpg")["error"]["code"], "image_corrupt");
+
+    let bad_tag = platescore(dir.path())
+        .args(["score", "--diet", "carnivore"])
+        .arg(&photos)
+        .output()
+        .unwrap();
+    assert!(!bad_tag.status.success());
+    assert!(String::from_utf8_lossy(&bad_tag.stderr).contains("carnivore"));
+}

@@ -1,6 +1,7 @@
 //! The command line: `serve` (the default), `migrate`, `partners`, `openapi`.
 //! Results go to stdout, so scripts can capture them; messages for people go to stderr.
 
+mod bench;
 mod score;
 
 use std::path::PathBuf;
@@ -52,11 +53,36 @@ pub enum Command {
         #[arg(long, default_value = crate::inference::tips::DEFAULT_LANG)]
         lang: String,
     },
+    /// Measure this machine: runtime throughput, preprocessing, batcher overhead.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Print the OpenAPI document.
     Openapi {
         /// Write it to this file instead of stdout.
         #[arg(long)]
         output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Images per second of the model runtime alone, per batch size.
+    Runtime {
+        #[arg(long, value_delimiter = ',', default_value = "1,4,8,16,32")]
+        batches: Vec<usize>,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
+    /// Time to decode and resize one image file.
+    Preprocess {
+        file: PathBuf,
+        #[arg(long, default_value_t = 30)]
+        iterations: usize,
+    },
+    /// Throughput through the dynamic batcher against the runtime alone, at saturation.
+    Batcher {
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
     },
 }
 
@@ -90,6 +116,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Partners(command) => manage_partners(&config, command).await,
+        Command::Bench(command) => match command {
+            BenchCommand::Runtime { batches, seconds } => {
+                bench::runtime_throughput(&config, &batches, seconds)
+            }
+            BenchCommand::Preprocess { file, iterations } => {
+                bench::preprocess_time(&config, &file, iterations)
+            }
+            BenchCommand::Batcher { seconds } => bench::batcher_overhead(&config, seconds).await,
+        },
         Command::Score { paths, diets, lang } => {
             let all_ok = score::run(&config, &paths, &diets, &lang).await?;
             anyhow::ensure!(all_ok, "some images could not be scored");

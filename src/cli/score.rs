@@ -20,6 +20,12 @@ struct ScoredLine<'a> {
     scored: &'a Scored,
 }
 
+#[derive(serde::Serialize)]
+struct ErrorLine<'a> {
+    path: &'a str,
+    error: serde_json::Value,
+}
+
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "mpo"];
 
 /// Files as given, and the images inside folders (recursively, sorted).
@@ -100,7 +106,10 @@ pub async fn run(
             })?,
             Err((code, message)) => {
                 all_ok = false;
-                json!({ "path": path, "error": { "code": code, "message": message } }).to_string()
+                serde_json::to_string(&ErrorLine {
+                    path: &path,
+                    error: json!({ "code": code, "message": message }),
+                })?
             }
         };
         progress.suspend(|| println!("{line}"));

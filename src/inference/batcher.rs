@@ -156,3 +156,97 @@ fn run_batch(runtime: &dyn Runtime, batch: Vec<Request>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::inference::runtime::BatchingDefaults;
+
+    /// Answers each image with [its first value, batch size], after a pause.
+    struct Echo {
+        pause: Duration,
+    }
+
+    impl Runtime for Echo {
+        fn name(&self) -> &str {
+            "echo"
+        }
+
+        fn run(&self, input: &[f32], batch: usize) -> Result<Vec<f32>, RuntimeError> {
+            std::thread::sleep(self.pause);
+            let per_image = input.len() / batch;
+            Ok(input
+                .chunks_exact(per_image)
+                .flat_map(|image| [image[0], batch as f32])
+                .collect())
+        }
+
+        fn batching(&self) -> BatchingDefaults {
+            BatchingDefaults {
+                max_batch: 4,
+                max_wait: Duration::from_millis(5),
+                workers: 1,
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_makes_callers_wait_and_every_answer_finds_its_caller() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let observed = sizes.clone();
+        let batcher = Batcher::start(
+            Arc::new(Echo {
+                pause: Duration::from_millis(10),
+            }),
+            BatcherSettings {
+                max_batch: 4,
+                max_wait: Duration::from_millis(5),
+                queue_capacity: 2,
+                workers: 1,
+            },
+            Some(Arc::new(move |n| observed.lock().unwrap().push(n))),
+        );
+        let calls: Vec<_> = (0..40)
+            .map(|i| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { (i, batcher.infer(vec![i as f32, 0.0, 0.0]).await) })
+            })
+            .collect();
+        for call in calls {
+            let (i, answer) = call.await.unwrap();
+            let answer = answer.expect("a full queue waits, it does not fail");
+            assert_eq!(answer[0], i as f32);
+            assert!((1.0..=4.0).contains(&answer[1]));
+        }
+        let sizes = sizes.lock().unwrap();
+        assert_eq!(sizes.iter().sum::<usize>(), 40);
+        assert!(sizes.iter().all(|&n| (1..=4).contains(&n)), "{sizes:?}");
+        assert!(
+            sizes.iter().filter(|&&n| n == 4).count() >= 5,
+            "under load batches fill: {sizes:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lone_request_waits_at_most_max_wait() {
+        let batcher = Batcher::start(
+            Arc::new(Echo {
+                pause: Duration::ZERO,
+            }),
+            BatcherSettings {
+                max_batch: 32,
+                max_wait: Duration::from_millis(20),
+                queue_capacity: 8,
+                workers: 1,
+            },
+            None,
+        );
+        let answer = tokio::time::timeout(Duration::from_secs(5), batcher.infer(vec![7.0]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer, vec![7.0, 1.0]);
+    }
+}

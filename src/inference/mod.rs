@@ -130,6 +130,11 @@ impl Scorer {
         self.batcher.settings()
     }
 
+    /// The batcher alone, for callers that bring ready tensors (benchmarks).
+    pub fn batcher_handle(&self) -> Batcher {
+        self.batcher.clone()
+    }
+
     /// Scores one photo for these diets, with tips in `lang` (English where missing).
     pub async fn score(
         &self,

@@ -1,0 +1,154 @@
+//! `platescore bench`: measures this machine with the shipped model. Not a test; the
+//! figures go into docs/benchmarks.md.
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    config::Config,
+    inference::{
+        preprocess::{self, DecodeLimits},
+        runtime, FoodModel, Scorer,
+    },
+};
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// Images per second of the runtime alone at each batch size, one caller.
+pub fn runtime_throughput(config: &Config, batches: &[usize], seconds: f64) -> anyhow::Result<()> {
+    let settings = config.scorer_settings();
+    let model = FoodModel::load(&settings.model_dir)?;
+    let runtime = runtime::load(&model.onnx_path, model.input.size, &settings.runtime)?;
+    println!(
+        "runtime {} threads {}",
+        runtime.name(),
+        settings.runtime.threads
+    );
+    let image = vec![0.1f32; model.input.tensor_len()];
+    for &batch in batches {
+        let input: Vec<f32> = image
+            .iter()
+            .copied()
+            .cycle()
+            .take(image.len() * batch)
+            .collect();
+        runtime.run(&input, batch)?; // warm-up
+        let started = Instant::now();
+        let mut images = 0usize;
+        while started.elapsed().as_secs_f64() < seconds {
+            runtime.run(&input, batch)?;
+            images += batch;
+        }
+        let rate = images as f64 / started.elapsed().as_secs_f64();
+        println!("batch {batch:>2}: {rate:>7.1} img/s");
+    }
+    Ok(())
+}
+
+/// Milliseconds to decode and to resize+normalise one file, median of `iterations`.
+pub fn preprocess_time(config: &Config, file: &Path, iterations: usize) -> anyhow::Result<()> {
+    let model = FoodModel::load(&config.scorer_settings().model_dir)?;
+    let bytes = std::fs::read(file)?;
+    let limits = DecodeLimits::default();
+    let (mut decode, mut resize) = (Vec::new(), Vec::new());
+    let mut dims = None;
+    for _ in 0..iterations.max(1) {
+        let started = Instant::now();
+        let decoded = preprocess::decode(&bytes, model.input.resize_shorter, &limits)?;
+        let decoded_at = Instant::now();
+        preprocess::resize_crop_normalise(&decoded.rgb, &model.input)?;
+        decode.push((decoded_at - started).as_secs_f64() * 1000.0);
+        resize.push(decoded_at.elapsed().as_secs_f64() * 1000.0);
+        dims = Some((
+            decoded.original,
+            decoded.rgb.dimensions(),
+            decoded.dct_scale_denominator,
+        ));
+    }
+    let ((w, h), (dw, dh), scale) = dims.unwrap_or_default();
+    let (d, r) = (median(decode), median(resize));
+    println!(
+        "{}: {w}×{h}, decoded at 1/{scale} to {dw}×{dh}: decode {d:.2} ms + resize/crop/normalise {r:.2} ms = {:.2} ms (median of {iterations})",
+        file.display(),
+        d + r
+    );
+    Ok(())
+}
+
+/// Throughput at saturation through the batcher, against the runtime alone at the same
+/// batch size, on ready tensors (preprocessing excluded).
+pub async fn batcher_overhead(config: &Config, seconds: f64) -> anyhow::Result<()> {
+    let settings = config.scorer_settings();
+    let model = Arc::new(FoodModel::load(&settings.model_dir)?);
+    let runtime = runtime::load(&model.onnx_path, model.input.size, &settings.runtime)?;
+    let scorer = Scorer::with_runtime(model.clone(), runtime.clone(), &settings, None);
+    let batching = scorer.batcher_settings();
+    let image = vec![0.1f32; model.input.tensor_len()];
+
+    // The runtime alone, full batches back to back on `workers` threads.
+    let input: Vec<f32> = image
+        .iter()
+        .copied()
+        .cycle()
+        .take(image.len() * batching.max_batch)
+        .collect();
+    runtime.run(&input, batching.max_batch)?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let raw_images: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..batching.workers)
+            .map(|_| {
+                let (runtime, input) = (runtime.clone(), &input);
+                scope.spawn(move || {
+                    let mut n = 0;
+                    while Instant::now() < deadline {
+                        if runtime.run(input, batching.max_batch).is_ok() {
+                            n += batching.max_batch;
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    let raw = raw_images as f64 / started.elapsed().as_secs_f64();
+
+    // Through the batcher, with enough callers to keep every batch full.
+    let callers = batching.max_batch * batching.workers * 4;
+    let batcher = scorer.batcher_handle();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let (batcher, image) = (batcher.clone(), image.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                if batcher.infer(image.clone()).await.is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    let mut batched_images = 0;
+    for task in tasks {
+        batched_images += task.await?;
+    }
+    let batched = batched_images as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "runtime {} max_batch {} workers {}: raw {raw:.1} img/s, through the batcher {batched:.1} img/s ({:+.1}%)",
+        runtime.name(),
+        batching.max_batch,
+        batching.workers,
+        (batched / raw - 1.0) * 100.0
+    );
+    Ok(())
+}
