@@ -7,6 +7,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod imaging;
 pub mod inference;
 pub mod intake;

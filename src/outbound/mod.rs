@@ -1,12 +1,16 @@
 //! The guard on URLs we will fetch or post to (image URLs, webhooks): only http(s), and
 //! never loopback, private, link-local or cloud-metadata addresses unless allow-listed.
 
+mod client;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub use client::{FetchError, GuardedClient, RedirectRule};
 
 use ipnet::IpNet;
 use url::{Host, Url};
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum OutboundError {
     #[error("not a valid absolute URL: {0}")]
     Invalid(String),
