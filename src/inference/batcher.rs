@@ -116,17 +116,19 @@ async fn batch_loop(
     }
 }
 
+fn fail_all(batch: Vec<Request>, err: RuntimeError) {
+    let err = Arc::new(err);
+    for request in batch {
+        let _ = request.reply.send(Err(err.clone()));
+    }
+}
+
 fn run_batch(runtime: &dyn Runtime, batch: Vec<Request>) {
     let size = batch.len();
     let per_image = batch[0].input.len();
     if let Some(bad) = batch.iter().position(|r| r.input.len() != per_image) {
-        let err = Arc::new(RuntimeError::Run(format!(
-            "request {bad} has a tensor of another size"
-        )));
-        for request in batch {
-            let _ = request.reply.send(Err(err.clone()));
-        }
-        return;
+        let message = format!("request {bad} has a tensor of another size");
+        return fail_all(batch, RuntimeError::Run(message));
     }
     let mut input = Vec::with_capacity(size * per_image);
     for request in &batch {
@@ -140,20 +142,10 @@ fn run_batch(runtime: &dyn Runtime, batch: Vec<Request>) {
             }
         }
         Ok(logits) => {
-            let err = Arc::new(RuntimeError::Run(format!(
-                "{} logits for a batch of {size}",
-                logits.len()
-            )));
-            for request in batch {
-                let _ = request.reply.send(Err(err.clone()));
-            }
+            let message = format!("{} logits for a batch of {size}", logits.len());
+            fail_all(batch, RuntimeError::Run(message));
         }
-        Err(err) => {
-            let err = Arc::new(err);
-            for request in batch {
-                let _ = request.reply.send(Err(err.clone()));
-            }
-        }
+        Err(err) => fail_all(batch, err),
     }
 }
 
