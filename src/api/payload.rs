@@ -1,16 +1,13 @@
 //! Request bodies: JSON whose errors are problem details, a streamed multipart upload that
 //! hashes the image as it arrives, and the body-size limit.
 
-use std::{
-    borrow::Cow,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
 };
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use poem::{
     http::StatusCode, Body, Endpoint, IntoResponse, Middleware, Request, RequestBody, Response,
 };
@@ -240,10 +237,7 @@ async fn receive_image(mut field: multer::Field<'static>) -> poem::Result<Upload
 }
 
 async fn text(mut field: multer::Field<'static>) -> poem::Result<String> {
-    let name: Cow<'static, str> = field
-        .name()
-        .map(|n| Cow::Owned(n.to_string()))
-        .unwrap_or_default();
+    let name = field.name().unwrap_or_default().to_string();
     let mut data = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(multipart_problem)? {
         if data.len() + chunk.len() > MAX_TEXT_FIELD_BYTES {
@@ -339,7 +333,7 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
             }
             Ok(chunk)
         });
-        req.set_body(Body::from_bytes_stream(limited.into_stream()));
+        req.set_body(Body::from_bytes_stream(limited));
         let result = self.inner.call(req).await;
         if tripped.load(Ordering::Relaxed) {
             return Ok(self.too_large());
