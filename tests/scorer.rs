@@ -400,8 +400,6 @@ fn a_model_file_that_does_not_match_its_manifest_is_refused() {
         std::fs::copy(model_dir().join(file), dir.path().join(file)).unwrap();
     }
     let manifest = std::fs::read_to_string(dir.path().join("manifest.json")).unwrap();
-    let sha = &model().onnx_path;
-    assert!(sha.exists());
     let tampered = manifest.replacen("\"sha256\": \"", "\"sha256\": \"00", 1);
     std::fs::write(dir.path().join("manifest.json"), tampered).unwrap();
     let err = FoodModel::load(dir.path()).unwrap_err();
