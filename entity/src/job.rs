@@ -49,6 +49,11 @@ pub struct Model {
     pub started_at: Option<DateTimeUtc>,
     pub finished_at: Option<DateTimeUtc>,
     pub processing_time_ms: Option<i64>,
+    /// When the job is next due for a worker (set on every insert and retry).
+    pub run_at: Option<DateTimeUtc>,
+    /// The lease of the worker holding the job; only its holder may finish it.
+    pub lease_token: Option<Uuid>,
+    pub lease_expires_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

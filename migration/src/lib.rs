@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_create_partners;
 mod m20261123_000002_create_jobs;
+mod m20261123_000003_job_leases;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_create_partners::Migration),
             Box::new(m20261123_000002_create_jobs::Migration),
+            Box::new(m20261123_000003_job_leases::Migration),
         ]
     }
 }

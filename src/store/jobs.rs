@@ -92,6 +92,9 @@ pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
         started_at: Set(None),
         finished_at: Set(None),
         processing_time_ms: Set(None),
+        run_at: Set(Some(now)),
+        lease_token: Set(None),
+        lease_expires_at: Set(None),
     };
     match model.insert(db.writer()).await {
         Ok(created) => Ok(InsertOutcome::Created(created)),

@@ -5,6 +5,7 @@
 
 pub mod jobs;
 pub mod partners;
+pub mod queue;
 
 use std::time::Duration;
 

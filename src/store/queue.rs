@@ -1,0 +1,199 @@
+//! The work queue over the jobs table. A claim moves due `queued` jobs to `in_progress` under
+//! a fresh lease token; only the token's holder may finish the job, and leases that expire
+//! (a crashed or stuck worker) are rescued back to `queued`. No transaction is held while a
+//! job is worked on: the status and lease columns are the lock.
+//!
+//! PostgreSQL claims with `FOR UPDATE SKIP LOCKED` inside a materialised CTE, so concurrent
+//! workers never take the same row; SQLite has one writer, so a plain
+//! `UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING *` is atomic.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use entity::job::{self, JobStatus};
+use sea_orm::{prelude::*, sea_query::Expr, DbBackend, FromQueryResult, Statement};
+
+use super::{Db, StoreError};
+
+/// A job held by a worker.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub job: job::Model,
+    pub token: Uuid,
+}
+
+fn lease_end(now: DateTime<Utc>, lease_for: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Claims up to `limit` due jobs, oldest first.
+pub async fn claim(
+    db: &Db,
+    now: DateTime<Utc>,
+    limit: u64,
+    lease_for: Duration,
+) -> Result<Vec<Lease>, StoreError> {
+    let token = Uuid::new_v4();
+    let expires = lease_end(now, lease_for);
+    let backend = db.backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "WITH picked AS MATERIALIZED (
+                 SELECT id FROM jobs WHERE status = 'queued' AND run_at <= $1
+                 ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+             UPDATE jobs SET status = 'in_progress', lease_token = $3, lease_expires_at = $4,
+                 attempts = attempts + 1, started_at = COALESCE(started_at, $1), updated_at = $1
+             FROM picked WHERE jobs.id = picked.id
+             RETURNING jobs.*"
+        }
+        _ => {
+            "UPDATE jobs SET status = 'in_progress', lease_token = $3, lease_expires_at = $4,
+                 attempts = attempts + 1, started_at = COALESCE(started_at, $1), updated_at = $1
+             WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= $1
+                          ORDER BY run_at, id LIMIT $2)
+             RETURNING *"
+        }
+    };
+    let statement = Statement::from_sql_and_values(
+        backend,
+        sql,
+        [
+            now.into(),
+            (limit as i64).into(),
+            token.into(),
+            expires.into(),
+        ],
+    );
+    let rows = db.writer().query_all_raw(statement).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Lease {
+                job: job::Model::from_query_result(row, "")?,
+                token,
+            })
+        })
+        .collect()
+}
+
+/// Extends a lease; false when the lease is no longer ours.
+pub async fn heartbeat(
+    db: &Db,
+    lease: &Lease,
+    now: DateTime<Utc>,
+    lease_for: Duration,
+) -> Result<bool, StoreError> {
+    let result = job::Entity::update_many()
+        .col_expr(
+            job::Column::LeaseExpiresAt,
+            Expr::value(lease_end(now, lease_for)),
+        )
+        .filter(held(lease))
+        .exec(db.writer())
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+fn held(lease: &Lease) -> sea_orm::Condition {
+    sea_orm::Condition::all()
+        .add(job::Column::Id.eq(lease.job.id))
+        .add(job::Column::Status.eq(JobStatus::InProgress))
+        .add(job::Column::LeaseToken.eq(lease.token))
+}
+
+/// How a worker finished with a job.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Succeeded {
+        result: serde_json::Value,
+        processing_time_ms: i64,
+    },
+    Failed {
+        code: String,
+        message: String,
+        processing_time_ms: i64,
+    },
+    /// Back to the queue, due at `run_at` (a transient failure, or a worker shutting down).
+    Retry {
+        run_at: DateTime<Utc>,
+        code: String,
+        message: String,
+    },
+}
+
+/// Records the outcome if the lease is still ours; false when it is not (it expired and
+/// another worker may hold the job now), in which case nothing is written.
+pub async fn finish(
+    db: &Db,
+    lease: &Lease,
+    now: DateTime<Utc>,
+    outcome: Outcome,
+) -> Result<bool, StoreError> {
+    let mut update = job::Entity::update_many()
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .col_expr(job::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
+        .col_expr(
+            job::Column::LeaseExpiresAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        );
+    update = match outcome {
+        Outcome::Succeeded {
+            result,
+            processing_time_ms,
+        } => update
+            .col_expr(job::Column::Status, Expr::value(JobStatus::Succeeded))
+            .col_expr(job::Column::Result, Expr::value(result))
+            .col_expr(job::Column::ErrorCode, Expr::value(Option::<String>::None))
+            .col_expr(
+                job::Column::ErrorMessage,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(job::Column::FinishedAt, Expr::value(now))
+            .col_expr(
+                job::Column::ProcessingTimeMs,
+                Expr::value(processing_time_ms),
+            ),
+        Outcome::Failed {
+            code,
+            message,
+            processing_time_ms,
+        } => update
+            .col_expr(job::Column::Status, Expr::value(JobStatus::Failed))
+            .col_expr(job::Column::ErrorCode, Expr::value(code))
+            .col_expr(job::Column::ErrorMessage, Expr::value(message))
+            .col_expr(job::Column::FinishedAt, Expr::value(now))
+            .col_expr(
+                job::Column::ProcessingTimeMs,
+                Expr::value(processing_time_ms),
+            ),
+        Outcome::Retry {
+            run_at,
+            code,
+            message,
+        } => update
+            .col_expr(job::Column::Status, Expr::value(JobStatus::Queued))
+            .col_expr(job::Column::RunAt, Expr::value(run_at))
+            .col_expr(job::Column::ErrorCode, Expr::value(code))
+            .col_expr(job::Column::ErrorMessage, Expr::value(message)),
+    };
+    let result = update.filter(held(lease)).exec(db.writer()).await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Returns jobs whose lease expired before `now` to the queue; the status and expiry are
+/// re-checked inside the UPDATE, so a job finished meanwhile is left alone.
+pub async fn rescue_expired(db: &Db, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    let result = job::Entity::update_many()
+        .col_expr(job::Column::Status, Expr::value(JobStatus::Queued))
+        .col_expr(job::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
+        .col_expr(
+            job::Column::LeaseExpiresAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(job::Column::RunAt, Expr::value(now))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .filter(job::Column::Status.eq(JobStatus::InProgress))
+        .filter(job::Column::LeaseExpiresAt.lt(now))
+        .exec(db.writer())
+        .await?;
+    Ok(result.rows_affected)
+}
