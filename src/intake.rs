@@ -54,13 +54,6 @@ pub struct UploadedImage {
     pub sha256: [u8; 32],
 }
 
-impl UploadedImage {
-    pub fn from_bytes(bytes: Bytes) -> Self {
-        let sha256 = Sha256::digest(&bytes).into();
-        Self { bytes, sha256 }
-    }
-}
-
 /// An enqueue request, as the API received it.
 #[derive(Debug, Clone, Default)]
 pub struct EnqueueRequest {

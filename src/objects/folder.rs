@@ -92,10 +92,6 @@ impl ObjectStore for FolderStore {
             .map_err(|e| not_found(key, e))
     }
 
-    async fn exists(&self, key: &str) -> Result<bool, ObjectStoreError> {
-        Ok(fs::try_exists(self.path(key)?).await?)
-    }
-
     async fn delete(&self, key: &str) -> Result<(), ObjectStoreError> {
         match fs::remove_file(self.path(key)?).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
@@ -127,12 +123,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FolderStore::open(dir.path()).await.unwrap();
         let key = "images/sha256/ab/abcdef";
-        assert!(!store.exists(key).await.unwrap());
+        assert!(matches!(
+            store.get(key).await,
+            Err(ObjectStoreError::NotFound(_))
+        ));
         store
             .put(key, Bytes::from_static(b"meal"), "image/jpeg")
             .await
             .unwrap();
-        assert!(store.exists(key).await.unwrap());
         assert_eq!(store.get(key).await.unwrap(), Bytes::from_static(b"meal"));
         store.delete(key).await.unwrap();
         store.delete(key).await.unwrap();

@@ -37,7 +37,6 @@ pub trait ObjectStore: Send + Sync + 'static {
         content_type: &str,
     ) -> Result<(), ObjectStoreError>;
     async fn get(&self, key: &str) -> Result<Bytes, ObjectStoreError>;
-    async fn exists(&self, key: &str) -> Result<bool, ObjectStoreError>;
     /// Removes the object; removing a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<(), ObjectStoreError>;
     /// Cheap round trip that proves the store is reachable and usable.

@@ -118,21 +118,6 @@ impl ObjectStore for S3Store {
         Ok(data.into_bytes())
     }
 
-    async fn exists(&self, key: &str) -> Result<bool, ObjectStoreError> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key)?)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(false),
-            Err(err) => Err(backend(err)),
-        }
-    }
-
     async fn delete(&self, key: &str) -> Result<(), ObjectStoreError> {
         self.client
             .delete_object()

@@ -139,32 +139,20 @@ pub async fn finish(
         Outcome::Succeeded {
             result,
             processing_time_ms,
-        } => update
-            .col_expr(job::Column::Status, Expr::value(JobStatus::Succeeded))
+        } => finished(update, now, JobStatus::Succeeded, processing_time_ms)
             .col_expr(job::Column::Result, Expr::value(result))
             .col_expr(job::Column::ErrorCode, Expr::value(Option::<String>::None))
             .col_expr(
                 job::Column::ErrorMessage,
                 Expr::value(Option::<String>::None),
-            )
-            .col_expr(job::Column::FinishedAt, Expr::value(now))
-            .col_expr(
-                job::Column::ProcessingTimeMs,
-                Expr::value(processing_time_ms),
             ),
         Outcome::Failed {
             code,
             message,
             processing_time_ms,
-        } => update
-            .col_expr(job::Column::Status, Expr::value(JobStatus::Failed))
+        } => finished(update, now, JobStatus::Failed, processing_time_ms)
             .col_expr(job::Column::ErrorCode, Expr::value(code))
-            .col_expr(job::Column::ErrorMessage, Expr::value(message))
-            .col_expr(job::Column::FinishedAt, Expr::value(now))
-            .col_expr(
-                job::Column::ProcessingTimeMs,
-                Expr::value(processing_time_ms),
-            ),
+            .col_expr(job::Column::ErrorMessage, Expr::value(message)),
         Outcome::Retry {
             run_at,
             code,
@@ -177,6 +165,22 @@ pub async fn finish(
     };
     let result = update.filter(held(lease)).exec(db.writer()).await?;
     Ok(result.rows_affected == 1)
+}
+
+/// The columns every final outcome sets.
+fn finished(
+    update: sea_orm::UpdateMany<job::Entity>,
+    now: DateTime<Utc>,
+    status: JobStatus,
+    processing_time_ms: i64,
+) -> sea_orm::UpdateMany<job::Entity> {
+    update
+        .col_expr(job::Column::Status, Expr::value(status))
+        .col_expr(job::Column::FinishedAt, Expr::value(now))
+        .col_expr(
+            job::Column::ProcessingTimeMs,
+            Expr::value(processing_time_ms),
+        )
 }
 
 /// Returns jobs whose lease expired before `now` to the queue; the status and expiry are
