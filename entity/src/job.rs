@@ -54,6 +54,8 @@ pub struct Model {
     /// The lease of the worker holding the job; only its holder may finish it.
     pub lease_token: Option<Uuid>,
     pub lease_expires_at: Option<DateTimeUtc>,
+    /// The model version that scored the job; with `image_sha256`, the key for reusing results.
+    pub model_version: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -65,11 +67,19 @@ pub enum Relation {
         on_delete = "Cascade"
     )]
     Partner,
+    #[sea_orm(has_many = "super::delivery::Entity")]
+    Delivery,
 }
 
 impl Related<super::partner::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Partner.def()
+    }
+}
+
+impl Related<super::delivery::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Delivery.def()
     }
 }
 

@@ -15,6 +15,10 @@ pub struct Model {
     pub key_hash: String,
     pub created_at: DateTimeUtc,
     pub revoked_at: Option<DateTimeUtc>,
+    /// `whsec_…` signing jobs delivered to a per-job `webhook_url`; made on first use.
+    pub webhook_secret: Option<String>,
+    /// Admin keys may read operator endpoints (`/admin/…`).
+    pub is_admin: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_create_partners;
 mod m20261123_000002_create_jobs;
 mod m20261123_000003_job_leases;
+mod m20261123_000004_lifecycle;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_create_partners::Migration),
             Box::new(m20261123_000002_create_jobs::Migration),
             Box::new(m20261123_000003_job_leases::Migration),
+            Box::new(m20261123_000004_lifecycle::Migration),
         ]
     }
 }
