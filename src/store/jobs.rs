@@ -95,6 +95,7 @@ pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
         run_at: Set(Some(now)),
         lease_token: Set(None),
         lease_expires_at: Set(None),
+        model_version: Set(None),
     };
     match model.insert(db.writer()).await {
         Ok(created) => Ok(InsertOutcome::Created(created)),
@@ -187,4 +188,41 @@ pub async fn object_is_referenced(db: &Db, image_key: &str) -> Result<bool, Stor
         .count(db.writer())
         .await?
         > 0)
+}
+
+/// Up to `limit` jobs created before `cutoff`, oldest first: the retention sweep's next batch.
+pub async fn expired(
+    db: &Db,
+    cutoff: chrono::DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<job::Model>, StoreError> {
+    Ok(job::Entity::find()
+        .filter(job::Column::CreatedAt.lt(cutoff))
+        .order_by_asc(job::Column::Id)
+        .limit(limit)
+        .all(db.reader())
+        .await?)
+}
+
+/// Whether a job other than `except` points at this object.
+pub async fn object_is_referenced_by_others(
+    db: &Db,
+    image_key: &str,
+    except: &[Uuid],
+) -> Result<bool, StoreError> {
+    Ok(job::Entity::find()
+        .filter(job::Column::ImageKey.eq(image_key))
+        .filter(job::Column::Id.is_not_in(except.iter().copied()))
+        .count(db.writer())
+        .await?
+        > 0)
+}
+
+/// Deletes jobs (their deliveries and attempts go with them); returns how many.
+pub async fn delete(db: &Db, ids: &[Uuid]) -> Result<u64, StoreError> {
+    Ok(job::Entity::delete_many()
+        .filter(job::Column::Id.is_in(ids.iter().copied()))
+        .exec(db.writer())
+        .await?
+        .rows_affected)
 }

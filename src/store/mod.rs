@@ -3,11 +3,17 @@
 //! SQLite allows one writer at a time, so it gets a one-connection writer pool beside a
 //! reader pool (WAL lets readers run while the writer writes). PostgreSQL uses one pool for both.
 
+pub mod deliveries;
+pub mod endpoints;
 pub mod jobs;
 pub mod partners;
 pub mod queue;
+pub mod reconcile_runs;
+pub mod wakeups;
 
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use migration::MigratorTrait;
 use sea_orm::{
@@ -21,6 +27,11 @@ pub enum StoreError {
     Db(#[from] DbErr),
     #[error("database setup: {0}")]
     Setup(String),
+}
+
+/// When a lease taken at `now` ends.
+pub(crate) fn lease_end(now: DateTime<Utc>, lease_for: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX)
 }
 
 #[derive(Clone, Debug)]
@@ -73,6 +84,10 @@ impl Db {
     /// The connection for writes; on SQLite the single writer.
     pub fn writer(&self) -> &DatabaseConnection {
         &self.write
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.backend() == DbBackend::Postgres
     }
 
     pub fn backend(&self) -> DbBackend {

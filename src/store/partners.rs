@@ -33,7 +33,12 @@ fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-pub async fn create(db: &Db, name: &str) -> Result<(partner::Model, NewApiKey), StoreError> {
+/// Creates a partner; an admin partner's key also opens the operator endpoints.
+pub async fn create(
+    db: &Db,
+    name: &str,
+    admin: bool,
+) -> Result<(partner::Model, NewApiKey), StoreError> {
     let key = NewApiKey::generate();
     let model = partner::ActiveModel {
         id: Set(Uuid::new_v4()),
@@ -42,6 +47,8 @@ pub async fn create(db: &Db, name: &str) -> Result<(partner::Model, NewApiKey), 
         key_hash: Set(hash_key(key.expose())),
         created_at: Set(Utc::now()),
         revoked_at: Set(None),
+        webhook_secret: Set(None),
+        is_admin: Set(admin),
     }
     .insert(db.writer())
     .await?;
@@ -92,4 +99,20 @@ pub async fn authenticate(
         .await?;
     // The lookup is by hash; compare again in constant time so no code path leaks timing.
     Ok(found.filter(|p| bool::from(p.key_hash.as_bytes().ct_eq(presented_hash.as_bytes()))))
+}
+
+/// The partner's signing secret for per-job webhook URLs. `candidate` is stored if the
+/// partner has none yet; concurrent callers all get the one that was stored first.
+pub async fn webhook_secret(db: &Db, id: Uuid, candidate: String) -> Result<String, StoreError> {
+    partner::Entity::update_many()
+        .col_expr(partner::Column::WebhookSecret, Expr::value(candidate))
+        .filter(partner::Column::Id.eq(id))
+        .filter(partner::Column::WebhookSecret.is_null())
+        .exec(db.writer())
+        .await?;
+    partner::Entity::find_by_id(id)
+        .one(db.writer())
+        .await?
+        .and_then(|p| p.webhook_secret)
+        .ok_or_else(|| StoreError::Setup(format!("partner {id} vanished")))
 }

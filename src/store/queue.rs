@@ -11,19 +11,22 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use entity::job::{self, JobStatus};
-use sea_orm::{prelude::*, sea_query::Expr, DbBackend, FromQueryResult, Statement};
+use sea_orm::{
+    prelude::*,
+    sea_query::{Expr, ExprTrait},
+    DbBackend, FromQueryResult, Statement, TransactionTrait,
+};
 
-use super::{Db, StoreError};
+use super::{
+    deliveries::{self, PayloadRenderer},
+    lease_end, Db, StoreError,
+};
 
 /// A job held by a worker.
 #[derive(Debug, Clone)]
 pub struct Lease {
     pub job: job::Model,
     pub token: Uuid,
-}
-
-fn lease_end(now: DateTime<Utc>, lease_for: Duration) -> DateTime<Utc> {
-    now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX)
 }
 
 /// Claims up to `limit` due jobs, oldest first.
@@ -105,6 +108,7 @@ fn held(lease: &Lease) -> sea_orm::Condition {
 pub enum Outcome {
     Succeeded {
         result: serde_json::Value,
+        model_version: String,
         processing_time_ms: i64,
     },
     Failed {
@@ -120,14 +124,18 @@ pub enum Outcome {
     },
 }
 
-/// Records the outcome if the lease is still ours; false when it is not (it expired and
-/// another worker may hold the job now), in which case nothing is written.
+/// Records the outcome if the lease is still ours, and for a final outcome writes the job's
+/// webhook deliveries in the same transaction (the outbox). Returns the number of deliveries
+/// written, or None when the lease is no longer ours (it expired and another worker may
+/// hold the job now), in which case nothing is written.
 pub async fn finish(
     db: &Db,
     lease: &Lease,
     now: DateTime<Utc>,
     outcome: Outcome,
-) -> Result<bool, StoreError> {
+    render: &PayloadRenderer,
+) -> Result<Option<usize>, StoreError> {
+    let is_final = !matches!(outcome, Outcome::Retry { .. });
     let mut update = job::Entity::update_many()
         .col_expr(job::Column::UpdatedAt, Expr::value(now))
         .col_expr(job::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
@@ -138,9 +146,11 @@ pub async fn finish(
     update = match outcome {
         Outcome::Succeeded {
             result,
+            model_version,
             processing_time_ms,
         } => finished(update, now, JobStatus::Succeeded, processing_time_ms)
             .col_expr(job::Column::Result, Expr::value(result))
+            .col_expr(job::Column::ModelVersion, Expr::value(model_version))
             .col_expr(job::Column::ErrorCode, Expr::value(Option::<String>::None))
             .col_expr(
                 job::Column::ErrorMessage,
@@ -163,7 +173,88 @@ pub async fn finish(
             .col_expr(job::Column::ErrorCode, Expr::value(code))
             .col_expr(job::Column::ErrorMessage, Expr::value(message)),
     };
-    let result = update.filter(held(lease)).exec(db.writer()).await?;
+    let txn = db.writer().begin().await?;
+    let result = update.filter(held(lease)).exec(&txn).await?;
+    if result.rows_affected != 1 {
+        txn.rollback().await?;
+        return Ok(None);
+    }
+    let mut written = 0;
+    if is_final {
+        let job = job::Entity::find_by_id(lease.job.id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| StoreError::Setup("finished job vanished".into()))?;
+        written = deliveries::enqueue_for_job(&txn, &job, render, now).await?;
+    }
+    txn.commit().await?;
+    Ok(Some(written))
+}
+
+/// Records the image a worker fetched for a URL job, under its lease.
+pub async fn record_fetched_image(
+    db: &Db,
+    lease: &Lease,
+    image: &FetchedImage,
+) -> Result<bool, StoreError> {
+    let result = job::Entity::update_many()
+        .col_expr(job::Column::ImageKey, Expr::value(image.key.clone()))
+        .col_expr(job::Column::ImageSha256, Expr::value(image.sha256.clone()))
+        .col_expr(job::Column::ImageBytes, Expr::value(image.bytes))
+        .col_expr(job::Column::ImageFormat, Expr::value(image.format.clone()))
+        .col_expr(job::Column::ImageWidth, Expr::value(image.width))
+        .col_expr(job::Column::ImageHeight, Expr::value(image.height))
+        .filter(held(lease))
+        .exec(db.writer())
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// An image fetched from a job's URL and stored.
+#[derive(Debug, Clone)]
+pub struct FetchedImage {
+    pub key: String,
+    pub sha256: String,
+    pub bytes: i64,
+    pub format: String,
+    pub width: i32,
+    pub height: i32,
+}
+
+/// A result the same model version already produced for the same image bytes.
+pub async fn reusable_result(
+    db: &Db,
+    sha256: &str,
+    model_version: &str,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    Ok(job::Entity::find()
+        .filter(job::Column::ImageSha256.eq(sha256))
+        .filter(job::Column::ModelVersion.eq(model_version))
+        .filter(job::Column::Status.eq(JobStatus::Succeeded))
+        .one(db.reader())
+        .await?
+        .and_then(|job| job.result))
+}
+
+/// Returns a job to the queue at once, for a worker that is shutting down.
+pub async fn release(db: &Db, lease: &Lease, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    let result = job::Entity::update_many()
+        .col_expr(job::Column::Status, Expr::value(JobStatus::Queued))
+        .col_expr(job::Column::RunAt, Expr::value(now))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .col_expr(job::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
+        .col_expr(
+            job::Column::LeaseExpiresAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        // The attempt did not happen; give it back.
+        .col_expr(
+            job::Column::Attempts,
+            Expr::col(job::Column::Attempts).sub(1),
+        )
+        .filter(held(lease))
+        .exec(db.writer())
+        .await?;
     Ok(result.rows_affected == 1)
 }
 
@@ -200,4 +291,84 @@ pub async fn rescue_expired(db: &Db, now: DateTime<Utc>) -> Result<u64, StoreErr
         .exec(db.writer())
         .await?;
     Ok(result.rows_affected)
+}
+
+/// Reconciliation of jobs stuck past `cutoff`: queued but never picked up (due before it),
+/// or in progress without an update since it. Those with attempts left are requeued; the
+/// rest fail with `stale` (and get their webhooks, like any finished job). Each change is
+/// conditional on the job still being stuck, so a worker finishing it meanwhile wins.
+pub async fn reconcile_stale(
+    db: &Db,
+    cutoff: DateTime<Utc>,
+    max_attempts: i32,
+    now: DateTime<Utc>,
+    render: &PayloadRenderer,
+) -> Result<(u64, u64), StoreError> {
+    let stuck = || {
+        sea_orm::Condition::any()
+            .add(
+                sea_orm::Condition::all()
+                    .add(job::Column::Status.eq(JobStatus::Queued))
+                    .add(job::Column::RunAt.lt(cutoff)),
+            )
+            .add(
+                sea_orm::Condition::all()
+                    .add(job::Column::Status.eq(JobStatus::InProgress))
+                    .add(job::Column::UpdatedAt.lt(cutoff)),
+            )
+    };
+    let requeued = job::Entity::update_many()
+        .col_expr(job::Column::Status, Expr::value(JobStatus::Queued))
+        .col_expr(job::Column::RunAt, Expr::value(now))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .col_expr(job::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
+        .col_expr(
+            job::Column::LeaseExpiresAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .filter(stuck())
+        .filter(job::Column::Attempts.lt(max_attempts))
+        .exec(db.writer())
+        .await?
+        .rows_affected;
+
+    let exhausted = job::Entity::find()
+        .filter(stuck())
+        .filter(job::Column::Attempts.gte(max_attempts))
+        .all(db.reader())
+        .await?;
+    let mut failed = 0;
+    for stale in exhausted {
+        let txn = db.writer().begin().await?;
+        let changed = job::Entity::update_many()
+            .col_expr(job::Column::Status, Expr::value(JobStatus::Failed))
+            .col_expr(job::Column::ErrorCode, Expr::value("stale"))
+            .col_expr(
+                job::Column::ErrorMessage,
+                Expr::value(format!(
+                    "the job was stuck after {} attempt(s) and was given up by reconciliation",
+                    stale.attempts
+                )),
+            )
+            .col_expr(job::Column::FinishedAt, Expr::value(now))
+            .col_expr(job::Column::UpdatedAt, Expr::value(now))
+            .col_expr(job::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
+            .col_expr(
+                job::Column::LeaseExpiresAt,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(job::Column::Id.eq(stale.id))
+            .filter(stuck())
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        if changed == 1 {
+            if let Some(job) = job::Entity::find_by_id(stale.id).one(&txn).await? {
+                deliveries::enqueue_for_job(&txn, &job, render, now).await?;
+            }
+            failed += 1;
+        }
+        txn.commit().await?;
+    }
+    Ok((requeued, failed))
 }

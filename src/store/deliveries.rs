@@ -1,0 +1,378 @@
+//! The webhook outbox. A finished job's delivery rows are written in the same transaction
+//! as its result ([`super::queue::finish`]); delivery workers claim due rows under a lease,
+//! like jobs, and record each attempt.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use entity::{
+    delivery::{self, DeliveryStatus},
+    delivery_attempt, job, webhook_endpoint,
+};
+use sea_orm::{
+    prelude::*,
+    sea_query::{Expr, ExprTrait},
+    ActiveValue::Set,
+    ConnectionTrait, DbBackend, FromQueryResult, QueryOrder, QuerySelect, QueryTrait, Statement,
+    TransactionTrait,
+};
+
+use super::{lease_end, Db, StoreError};
+
+/// Renders the webhook body of a finished job: the job as the API shows it, plus its event
+/// `type`. Given by the composition root, so the store knows nothing of the API.
+pub type PayloadRenderer = Arc<dyn Fn(&job::Model, &str) -> String + Send + Sync>;
+
+/// The event a finished job announces.
+pub fn event_type(job: &job::Model) -> &'static str {
+    match job.status {
+        job::JobStatus::Failed => "job.failed",
+        _ => "job.succeeded",
+    }
+}
+
+/// Writes one pending delivery per destination of a finished job: its `webhook_url`, or
+/// else every active endpoint of its partner. Returns how many.
+pub(super) async fn enqueue_for_job<C: ConnectionTrait>(
+    conn: &C,
+    job: &job::Model,
+    render: &PayloadRenderer,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    let destinations: Vec<(Option<Uuid>, String)> = match &job.webhook_url {
+        Some(url) => vec![(None, url.clone())],
+        None => webhook_endpoint::Entity::find()
+            .filter(webhook_endpoint::Column::PartnerId.eq(job.partner_id))
+            .filter(webhook_endpoint::Column::DisabledAt.is_null())
+            .filter(webhook_endpoint::Column::DeletedAt.is_null())
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(|e| (Some(e.id), e.url))
+            .collect(),
+    };
+    if destinations.is_empty() {
+        return Ok(0);
+    }
+    let event = event_type(job);
+    let payload = render(job, event);
+    let rows = destinations
+        .iter()
+        .map(|(endpoint_id, url)| delivery::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            job_id: Set(job.id),
+            partner_id: Set(job.partner_id),
+            endpoint_id: Set(*endpoint_id),
+            url: Set(url.clone()),
+            event_type: Set(event.to_string()),
+            payload: Set(payload.clone()),
+            status: Set(DeliveryStatus::Pending),
+            attempts: Set(0),
+            next_attempt_at: Set(Some(now)),
+            lease_token: Set(None),
+            lease_expires_at: Set(None),
+            last_status_code: Set(None),
+            last_error: Set(None),
+            delivered_at: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        });
+    delivery::Entity::insert_many(rows).exec(conn).await?;
+    Ok(destinations.len())
+}
+
+/// A delivery held by a delivery worker.
+#[derive(Debug, Clone)]
+pub struct DeliveryLease {
+    pub delivery: delivery::Model,
+    pub token: Uuid,
+}
+
+/// Claims up to `limit` due deliveries, oldest due first.
+pub async fn claim_due(
+    db: &Db,
+    now: DateTime<Utc>,
+    limit: u64,
+    lease_for: Duration,
+) -> Result<Vec<DeliveryLease>, StoreError> {
+    let token = Uuid::new_v4();
+    let backend = db.backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "WITH picked AS MATERIALIZED (
+                 SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $1
+                 ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+             UPDATE deliveries SET status = 'sending', lease_token = $3, lease_expires_at = $4,
+                 updated_at = $1
+             FROM picked WHERE deliveries.id = picked.id
+             RETURNING deliveries.*"
+        }
+        _ => {
+            "UPDATE deliveries SET status = 'sending', lease_token = $3, lease_expires_at = $4,
+                 updated_at = $1
+             WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending'
+                          AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2)
+             RETURNING *"
+        }
+    };
+    let statement = Statement::from_sql_and_values(
+        backend,
+        sql,
+        [
+            now.into(),
+            (limit as i64).into(),
+            token.into(),
+            lease_end(now, lease_for).into(),
+        ],
+    );
+    let rows = db.writer().query_all_raw(statement).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(DeliveryLease {
+                delivery: delivery::Model::from_query_result(row, "")?,
+                token,
+            })
+        })
+        .collect()
+}
+
+/// What one attempt saw.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub attempted_at: DateTime<Utc>,
+    pub status_code: Option<u16>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+}
+
+/// Where a delivery goes after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    Delivered,
+    RetryAt(DateTime<Utc>),
+    /// No more attempts: out of retries, or the endpoint is gone.
+    GiveUp,
+}
+
+/// Records an attempt and the delivery's next step, if the lease is still ours (false if not,
+/// and then nothing is written). `attempt` is None when nothing was sent (a disabled endpoint).
+pub async fn record_attempt(
+    db: &Db,
+    lease: &DeliveryLease,
+    attempt: Option<AttemptRecord>,
+    next: NextStep,
+    reason: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let txn = db.writer().begin().await?;
+    let (status, next_attempt_at, delivered_at) = match next {
+        NextStep::Delivered => (DeliveryStatus::Delivered, None, Some(now)),
+        NextStep::RetryAt(at) => (DeliveryStatus::Pending, Some(at), None),
+        NextStep::GiveUp => (DeliveryStatus::Failed, None, None),
+    };
+    let sent = attempt.is_some();
+    let mut update = delivery::Entity::update_many()
+        .col_expr(delivery::Column::Status, Expr::value(status))
+        .col_expr(
+            delivery::Column::NextAttemptAt,
+            Expr::value(next_attempt_at),
+        )
+        .col_expr(delivery::Column::DeliveredAt, Expr::value(delivered_at))
+        .col_expr(
+            delivery::Column::LeaseToken,
+            Expr::value(Option::<Uuid>::None),
+        )
+        .col_expr(
+            delivery::Column::LeaseExpiresAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(delivery::Column::UpdatedAt, Expr::value(now));
+    if sent {
+        update = update.col_expr(
+            delivery::Column::Attempts,
+            Expr::col(delivery::Column::Attempts).add(1),
+        );
+    }
+    if let Some(a) = &attempt {
+        update = update.col_expr(
+            delivery::Column::LastStatusCode,
+            Expr::value(a.status_code.map(i32::from)),
+        );
+    }
+    let last_error = reason.or_else(|| attempt.as_ref().and_then(|a| a.error.clone()));
+    if next != NextStep::Delivered {
+        update = update.col_expr(delivery::Column::LastError, Expr::value(last_error));
+    } else {
+        update = update.col_expr(
+            delivery::Column::LastError,
+            Expr::value(Option::<String>::None),
+        );
+    }
+    let updated = update
+        .filter(delivery::Column::Id.eq(lease.delivery.id))
+        .filter(delivery::Column::Status.eq(DeliveryStatus::Sending))
+        .filter(delivery::Column::LeaseToken.eq(lease.token))
+        .exec(&txn)
+        .await?;
+    if updated.rows_affected != 1 {
+        txn.rollback().await?;
+        return Ok(false);
+    }
+    if let Some(a) = attempt {
+        delivery_attempt::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            delivery_id: Set(lease.delivery.id),
+            attempted_at: Set(a.attempted_at),
+            status_code: Set(a.status_code.map(i32::from)),
+            latency_ms: Set(a.latency_ms),
+            error: Set(a.error),
+            response_body: Set(a.response_body),
+        }
+        .insert(&txn)
+        .await?;
+    }
+    txn.commit().await?;
+    Ok(true)
+}
+
+/// A job's deliveries, oldest first, each with its attempts (oldest first).
+pub async fn list_for_job(
+    db: &Db,
+    job_id: Uuid,
+) -> Result<Vec<(delivery::Model, Vec<delivery_attempt::Model>)>, StoreError> {
+    Ok(delivery::Entity::find()
+        .filter(delivery::Column::JobId.eq(job_id))
+        .order_by_asc(delivery::Column::Id)
+        .find_with_related(delivery_attempt::Entity)
+        .order_by_asc(delivery_attempt::Column::Id)
+        .all(db.reader())
+        .await?)
+}
+
+/// The deliveries of these jobs, by job.
+pub async fn for_jobs(
+    db: &Db,
+    job_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<delivery::Model>>, StoreError> {
+    let mut by_job: HashMap<Uuid, Vec<delivery::Model>> = HashMap::new();
+    for chunk in job_ids.chunks(500) {
+        let rows = delivery::Entity::find()
+            .filter(delivery::Column::JobId.is_in(chunk.iter().copied()))
+            .order_by_asc(delivery::Column::Id)
+            .all(db.reader())
+            .await?;
+        for row in rows {
+            by_job.entry(row.job_id).or_default().push(row);
+        }
+    }
+    Ok(by_job)
+}
+
+/// Sends a finished job again: its deliveries become due now with a fresh retry schedule;
+/// a job that had no destination when it finished gets deliveries to its current ones.
+/// Returns the number of deliveries due.
+pub async fn redeliver(
+    db: &Db,
+    job: &job::Model,
+    render: &PayloadRenderer,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    let txn = db.writer().begin().await?;
+    let reset = delivery::Entity::update_many()
+        .col_expr(
+            delivery::Column::Status,
+            Expr::value(DeliveryStatus::Pending),
+        )
+        .col_expr(delivery::Column::NextAttemptAt, Expr::value(now))
+        .col_expr(delivery::Column::Attempts, Expr::value(0))
+        .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
+        .filter(delivery::Column::JobId.eq(job.id))
+        .filter(delivery::Column::Status.ne(DeliveryStatus::Sending))
+        .exec(&txn)
+        .await?;
+    let count = if reset.rows_affected > 0 {
+        reset.rows_affected as usize
+    } else {
+        enqueue_for_job(&txn, job, render, now).await?
+    };
+    txn.commit().await?;
+    Ok(count)
+}
+
+/// Returns deliveries whose worker's lease expired to the queue, due now.
+pub async fn rescue_expired(db: &Db, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    let result = delivery::Entity::update_many()
+        .col_expr(
+            delivery::Column::Status,
+            Expr::value(DeliveryStatus::Pending),
+        )
+        .col_expr(delivery::Column::NextAttemptAt, Expr::value(now))
+        .col_expr(
+            delivery::Column::LeaseToken,
+            Expr::value(Option::<Uuid>::None),
+        )
+        .col_expr(
+            delivery::Column::LeaseExpiresAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
+        .filter(delivery::Column::Status.eq(DeliveryStatus::Sending))
+        .filter(delivery::Column::LeaseExpiresAt.lt(now))
+        .exec(db.writer())
+        .await?;
+    Ok(result.rows_affected)
+}
+
+/// Reconciliation: deliveries that are neither delivered nor scheduled (they ran out of
+/// retries, or lost their worker) start a fresh schedule, unless their endpoint is disabled
+/// or deleted. Returns how many.
+pub async fn reschedule_undelivered(db: &Db, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    let inactive_endpoints = webhook_endpoint::Entity::find()
+        .select_only()
+        .column(webhook_endpoint::Column::Id)
+        .filter(
+            sea_orm::Condition::any()
+                .add(webhook_endpoint::Column::DisabledAt.is_not_null())
+                .add(webhook_endpoint::Column::DeletedAt.is_not_null()),
+        )
+        .into_query();
+    let result = delivery::Entity::update_many()
+        .col_expr(
+            delivery::Column::Status,
+            Expr::value(DeliveryStatus::Pending),
+        )
+        .col_expr(delivery::Column::NextAttemptAt, Expr::value(now))
+        .col_expr(delivery::Column::Attempts, Expr::value(0))
+        .col_expr(
+            delivery::Column::LeaseToken,
+            Expr::value(Option::<Uuid>::None),
+        )
+        .col_expr(
+            delivery::Column::LeaseExpiresAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
+        .filter(
+            sea_orm::Condition::any()
+                .add(delivery::Column::Status.eq(DeliveryStatus::Failed))
+                .add(
+                    sea_orm::Condition::all()
+                        .add(delivery::Column::Status.eq(DeliveryStatus::Sending))
+                        .add(delivery::Column::LeaseExpiresAt.lt(now)),
+                )
+                .add(
+                    sea_orm::Condition::all()
+                        .add(delivery::Column::Status.eq(DeliveryStatus::Pending))
+                        .add(delivery::Column::NextAttemptAt.is_null()),
+                ),
+        )
+        .filter(
+            sea_orm::Condition::any()
+                .add(delivery::Column::EndpointId.is_null())
+                .add(delivery::Column::EndpointId.not_in_subquery(inactive_endpoints)),
+        )
+        .exec(db.writer())
+        .await?;
+    Ok(result.rows_affected)
+}

@@ -1,0 +1,165 @@
+//! Webhook endpoints: a partner's destinations for finished jobs, their signing secrets
+//! (with an overlap after rotation) and their health.
+
+use chrono::{DateTime, Utc};
+use entity::webhook_endpoint;
+use sea_orm::{prelude::*, sea_query::Expr, ActiveValue::Set, QueryOrder};
+
+use super::{Db, StoreError};
+
+pub async fn create(
+    db: &Db,
+    partner_id: Uuid,
+    url: String,
+    description: Option<String>,
+    secret: String,
+) -> Result<webhook_endpoint::Model, StoreError> {
+    let now = Utc::now();
+    Ok(webhook_endpoint::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        partner_id: Set(partner_id),
+        url: Set(url),
+        description: Set(description),
+        secret: Set(secret),
+        previous_secret: Set(None),
+        previous_secret_expires_at: Set(None),
+        failing_since: Set(None),
+        disabled_at: Set(None),
+        disabled_reason: Set(None),
+        deleted_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(db.writer())
+    .await?)
+}
+
+/// A partner's endpoints that were not deleted, oldest first.
+pub async fn list(db: &Db, partner_id: Uuid) -> Result<Vec<webhook_endpoint::Model>, StoreError> {
+    Ok(webhook_endpoint::Entity::find()
+        .filter(webhook_endpoint::Column::PartnerId.eq(partner_id))
+        .filter(webhook_endpoint::Column::DeletedAt.is_null())
+        .order_by_asc(webhook_endpoint::Column::Id)
+        .all(db.reader())
+        .await?)
+}
+
+/// An endpoint by id, deleted or not (a delivery must know its endpoint is gone).
+pub async fn find(db: &Db, id: Uuid) -> Result<Option<webhook_endpoint::Model>, StoreError> {
+    Ok(webhook_endpoint::Entity::find_by_id(id)
+        .one(db.reader())
+        .await?)
+}
+
+/// Soft-deletes; false when the partner has no such endpoint.
+pub async fn delete(db: &Db, partner_id: Uuid, id: Uuid) -> Result<bool, StoreError> {
+    let now = Utc::now();
+    let result = webhook_endpoint::Entity::update_many()
+        .col_expr(webhook_endpoint::Column::DeletedAt, Expr::value(now))
+        .col_expr(webhook_endpoint::Column::UpdatedAt, Expr::value(now))
+        .filter(webhook_endpoint::Column::Id.eq(id))
+        .filter(webhook_endpoint::Column::PartnerId.eq(partner_id))
+        .filter(webhook_endpoint::Column::DeletedAt.is_null())
+        .exec(db.writer())
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Replaces the secret; the old one stays valid (and is still signed with) until
+/// `overlap_until`. Returns the updated endpoint, or None when the partner has no such one.
+pub async fn rotate_secret(
+    db: &Db,
+    partner_id: Uuid,
+    id: Uuid,
+    new_secret: String,
+    overlap_until: DateTime<Utc>,
+) -> Result<Option<webhook_endpoint::Model>, StoreError> {
+    let result = webhook_endpoint::Entity::update_many()
+        .col_expr(
+            webhook_endpoint::Column::PreviousSecret,
+            Expr::col(webhook_endpoint::Column::Secret),
+        )
+        .col_expr(
+            webhook_endpoint::Column::PreviousSecretExpiresAt,
+            Expr::value(overlap_until),
+        )
+        .col_expr(webhook_endpoint::Column::Secret, Expr::value(new_secret))
+        .col_expr(webhook_endpoint::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(webhook_endpoint::Column::Id.eq(id))
+        .filter(webhook_endpoint::Column::PartnerId.eq(partner_id))
+        .filter(webhook_endpoint::Column::DeletedAt.is_null())
+        .exec(db.writer())
+        .await?;
+    if result.rows_affected == 0 {
+        return Ok(None);
+    }
+    Ok(webhook_endpoint::Entity::find_by_id(id)
+        .one(db.writer())
+        .await?)
+}
+
+/// What an attempt taught us about its endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointHealth {
+    Succeeded,
+    Failed,
+    /// The receiver answered 410 Gone: stop sending there.
+    Gone,
+}
+
+pub async fn record_health(
+    db: &Db,
+    id: Uuid,
+    health: EndpointHealth,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let update = webhook_endpoint::Entity::update_many()
+        .filter(webhook_endpoint::Column::Id.eq(id))
+        .col_expr(webhook_endpoint::Column::UpdatedAt, Expr::value(now));
+    let update = match health {
+        EndpointHealth::Succeeded => update
+            .col_expr(
+                webhook_endpoint::Column::FailingSince,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(webhook_endpoint::Column::FailingSince.is_not_null()),
+        EndpointHealth::Failed => update
+            .col_expr(webhook_endpoint::Column::FailingSince, Expr::value(now))
+            .filter(webhook_endpoint::Column::FailingSince.is_null()),
+        EndpointHealth::Gone => update
+            .col_expr(webhook_endpoint::Column::DisabledAt, Expr::value(now))
+            .col_expr(
+                webhook_endpoint::Column::DisabledReason,
+                Expr::value("gone"),
+            )
+            .filter(webhook_endpoint::Column::DisabledAt.is_null()),
+    };
+    update.exec(db.writer()).await?;
+    Ok(())
+}
+
+/// Disables endpoints that have failed continuously since before `cutoff`; returns how many.
+pub async fn disable_failing_since(
+    db: &Db,
+    cutoff: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let result = webhook_endpoint::Entity::update_many()
+        .col_expr(webhook_endpoint::Column::DisabledAt, Expr::value(now))
+        .col_expr(
+            webhook_endpoint::Column::DisabledReason,
+            Expr::value("failing"),
+        )
+        .col_expr(webhook_endpoint::Column::UpdatedAt, Expr::value(now))
+        .filter(webhook_endpoint::Column::FailingSince.lt(cutoff))
+        .filter(webhook_endpoint::Column::DisabledAt.is_null())
+        .filter(webhook_endpoint::Column::DeletedAt.is_null())
+        .exec(db.writer())
+        .await?;
+    Ok(result.rows_affected)
+}
+
+/// Whether deliveries may be sent to this endpoint.
+pub fn is_active(endpoint: &webhook_endpoint::Model) -> bool {
+    endpoint.disabled_at.is_none() && endpoint.deleted_at.is_none()
+}
