@@ -63,6 +63,17 @@ pub enum HeaderError {
     TooManyPixels { width: u32, height: u32, limit: u64 },
 }
 
+impl HeaderError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnsupportedFormat => "unsupported_image_format",
+            Self::Unreadable(_) => "image_unreadable",
+            Self::TooManyPixels { .. } => "image_too_large",
+        }
+    }
+}
+
 /// Sniffs the format and reads the dimensions from the header, refusing images over
 /// `max_pixels` before anything would allocate for them.
 pub fn inspect(bytes: &[u8], max_pixels: u64) -> Result<ImageHeader, HeaderError> {

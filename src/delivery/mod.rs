@@ -1,4 +1,9 @@
-//! Webhook delivery to partners. So far: Standard Webhooks signing; the outbox, the
-//! delivery workers and retries come with the job lifecycle.
+//! Webhook delivery to partners: Standard Webhooks signing, the retry schedule, and the
+//! workers that send the outbox's deliveries. It knows the store, never the API.
 
+pub mod schedule;
 pub mod signing;
+mod worker;
+
+pub use schedule::RetrySchedule;
+pub use worker::{message_id, DeliverySettings, DeliveryWorker};

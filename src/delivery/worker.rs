@@ -1,0 +1,306 @@
+//! Delivery workers: claim due deliveries from the outbox, sign and POST them, and record
+//! each attempt and what comes next (delivered, retry later, or give up).
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use entity::{delivery, webhook_endpoint};
+use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    schedule::{parse_retry_after, RetrySchedule},
+    signing::{signature_header, WebhookSecret},
+};
+use crate::{
+    outbound::{FetchError, GuardedClient},
+    store::{
+        deliveries::{self, AttemptRecord, DeliveryLease, NextStep},
+        endpoints::{self, EndpointHealth},
+        partners,
+        wakeups::{Wakeups, Work},
+        Db, StoreError,
+    },
+};
+
+/// Bytes of a receiver's response kept with the attempt.
+const RESPONSE_EXCERPT: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub schedule: RetrySchedule,
+    /// Deliveries in flight at once on this node.
+    pub concurrency: usize,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+}
+
+pub struct DeliveryWorker {
+    db: Db,
+    client: GuardedClient,
+    wakeups: Arc<Wakeups>,
+    settings: DeliverySettings,
+}
+
+/// What one HTTP attempt came to.
+enum Verdict {
+    Delivered,
+    Gone,
+    Failed { retry_after: Option<Duration> },
+}
+
+impl DeliveryWorker {
+    /// `client` must refuse redirects and time out each attempt (15 s by default).
+    pub fn new(
+        db: Db,
+        client: GuardedClient,
+        wakeups: Arc<Wakeups>,
+        settings: DeliverySettings,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            db,
+            client,
+            wakeups,
+            settings,
+        })
+    }
+
+    /// Sends due deliveries until `shutdown`, then waits for the attempts in flight (each
+    /// ends within the attempt timeout).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        let mut in_flight = JoinSet::new();
+        let mut last_rescue = Instant::now() - self.settings.lease;
+        while !shutdown.is_cancelled() {
+            while in_flight.try_join_next().is_some() {}
+            if last_rescue.elapsed() >= self.settings.lease / 2 {
+                last_rescue = Instant::now();
+                if let Err(err) = deliveries::rescue_expired(&self.db, Utc::now()).await {
+                    tracing::warn!(error = %err, "rescuing deliveries failed");
+                }
+            }
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = slots.clone().acquire_owned() => permit.expect("never closed"),
+            };
+            let free = slots.available_permits() + 1;
+            let claimed =
+                match deliveries::claim_due(&self.db, Utc::now(), free as u64, self.settings.lease)
+                    .await
+                {
+                    Ok(claimed) => claimed,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "claiming deliveries failed");
+                        Vec::new()
+                    }
+                };
+            let idle = claimed.is_empty();
+            let mut permit = Some(permit);
+            for lease in claimed {
+                let permit = match permit.take() {
+                    Some(p) => p,
+                    None => slots.clone().acquire_owned().await.expect("never closed"),
+                };
+                let worker = self.clone();
+                in_flight.spawn(async move {
+                    if let Err(err) = worker.deliver(&lease).await {
+                        tracing::warn!(delivery_id = %lease.delivery.id, error = %err, "recording a delivery failed; its lease will expire and it be retried");
+                    }
+                    drop(permit);
+                });
+            }
+            drop(permit);
+            if idle {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.wakeups.wait(Work::Deliveries, self.settings.poll_interval) => {}
+                }
+            }
+        }
+        while in_flight.join_next().await.is_some() {}
+    }
+
+    /// One attempt of one delivery.
+    async fn deliver(&self, lease: &DeliveryLease) -> Result<(), StoreError> {
+        let delivery = &lease.delivery;
+        let now = Utc::now();
+        let endpoint = match delivery.endpoint_id {
+            Some(id) => endpoints::find(&self.db, id).await?,
+            None => None,
+        };
+        if let Some(endpoint) = endpoint.as_ref().filter(|e| !endpoints::is_active(e)) {
+            let reason = if endpoint.deleted_at.is_some() {
+                "the endpoint was deleted"
+            } else {
+                "the endpoint is disabled"
+            };
+            deliveries::record_attempt(
+                &self.db,
+                lease,
+                None,
+                NextStep::GiveUp,
+                Some(reason.into()),
+                now,
+            )
+            .await?;
+            return Ok(());
+        }
+        let secrets = self.secrets(delivery, endpoint.as_ref(), now).await?;
+        let (attempt, verdict) = self.send(delivery, &secrets).await;
+
+        let attempts_made = delivery.attempts as usize + 1;
+        let next = match verdict {
+            Verdict::Delivered => NextStep::Delivered,
+            Verdict::Gone => NextStep::GiveUp,
+            Verdict::Failed { retry_after } => self
+                .settings
+                .schedule
+                .next_attempt(attempts_made, retry_after, Utc::now())
+                .map_or(NextStep::GiveUp, NextStep::RetryAt),
+        };
+        let health = match verdict {
+            Verdict::Delivered => EndpointHealth::Succeeded,
+            Verdict::Gone => EndpointHealth::Gone,
+            Verdict::Failed { .. } => EndpointHealth::Failed,
+        };
+        let reason = matches!(verdict, Verdict::Gone)
+            .then(|| "the receiver answered 410 Gone; the endpoint is disabled".to_string());
+        tracing::debug!(delivery_id = %delivery.id, status = ?attempt.status_code, ?next, "delivery attempt");
+        if !deliveries::record_attempt(&self.db, lease, Some(attempt), next, reason, Utc::now())
+            .await?
+        {
+            tracing::warn!(delivery_id = %delivery.id, "the delivery's lease expired during the attempt");
+        }
+        if let Some(endpoint) = endpoint {
+            endpoints::record_health(&self.db, endpoint.id, health, Utc::now()).await?;
+        }
+        Ok(())
+    }
+
+    /// The secrets to sign with: the endpoint's (and its previous one during a rotation's
+    /// overlap), or the partner's for a per-job URL.
+    async fn secrets(
+        &self,
+        delivery: &delivery::Model,
+        endpoint: Option<&webhook_endpoint::Model>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<WebhookSecret>, StoreError> {
+        let texts = match endpoint {
+            Some(e) => {
+                let mut texts = vec![e.secret.clone()];
+                if let (Some(previous), Some(until)) =
+                    (&e.previous_secret, e.previous_secret_expires_at)
+                {
+                    if until > now {
+                        texts.push(previous.clone());
+                    }
+                }
+                texts
+            }
+            None => vec![
+                partners::webhook_secret(
+                    &self.db,
+                    delivery.partner_id,
+                    WebhookSecret::generate().expose(),
+                )
+                .await?,
+            ],
+        };
+        Ok(texts
+            .iter()
+            .filter_map(|t| WebhookSecret::parse(t).ok())
+            .collect())
+    }
+
+    async fn send(
+        &self,
+        delivery: &delivery::Model,
+        secrets: &[WebhookSecret],
+    ) -> (AttemptRecord, Verdict) {
+        let attempted_at = Utc::now();
+        let started = Instant::now();
+        let msg_id = message_id(delivery);
+        let timestamp = attempted_at.timestamp();
+        let body = delivery.payload.clone().into_bytes();
+        let signature = signature_header(
+            &secrets.iter().collect::<Vec<_>>(),
+            &msg_id,
+            timestamp,
+            &body,
+        );
+        let request = self
+            .client
+            .request(reqwest::Method::POST, &delivery.url)
+            .map(|r| {
+                r.header("content-type", "application/json")
+                    .header("webhook-id", &msg_id)
+                    .header("webhook-timestamp", timestamp.to_string())
+                    .header("webhook-signature", signature)
+                    .body(body)
+            });
+        let response = match request {
+            Ok(request) => self.client.send(request).await,
+            Err(err) => Err(err),
+        };
+        let mut record = AttemptRecord {
+            attempted_at,
+            status_code: None,
+            latency_ms: 0,
+            error: None,
+            response_body: None,
+        };
+        let verdict = match response {
+            Ok(response) => {
+                let status = response.status();
+                record.status_code = Some(status.as_u16());
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, Utc::now()));
+                record.response_body = Some(excerpt(response).await);
+                if status.is_success() {
+                    Verdict::Delivered
+                } else {
+                    record.error = Some(if status.is_redirection() {
+                        format!("HTTP {status}: redirects are not followed")
+                    } else {
+                        format!("HTTP {status}")
+                    });
+                    if status == reqwest::StatusCode::GONE {
+                        Verdict::Gone
+                    } else {
+                        Verdict::Failed { retry_after }
+                    }
+                }
+            }
+            Err(err) => {
+                record.error = Some(match err {
+                    FetchError::Timeout => "timed out".to_string(),
+                    other => other.to_string(),
+                });
+                Verdict::Failed { retry_after: None }
+            }
+        };
+        record.latency_ms = started.elapsed().as_millis() as i64;
+        (record, verdict)
+    }
+}
+
+/// `webhook-id`: the same on every attempt of a delivery.
+pub fn message_id(delivery: &delivery::Model) -> String {
+    format!("msg_{}", delivery.id.simple())
+}
+
+/// The first bytes of a response body, as text; the rest is not read.
+async fn excerpt(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < RESPONSE_EXCERPT {
+        match tokio::time::timeout(Duration::from_secs(2), response.chunk()).await {
+            Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(RESPONSE_EXCERPT);
+    String::from_utf8_lossy(&body).into_owned()
+}
