@@ -11,8 +11,11 @@ use figment::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::inference::{
-    DecodeLimits, ExecutionProvider, RuntimeChoice, RuntimeSettings, ScorerSettings,
+use crate::{
+    delivery::{DeliverySettings, RetrySchedule},
+    inference::{DecodeLimits, ExecutionProvider, RuntimeChoice, RuntimeSettings, ScorerSettings},
+    scheduling::{ReconcileSettings, Schedule},
+    worker::WorkerSettings,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +96,36 @@ pub struct Config {
     pub tensorrt_fp16: bool,
     /// TensorRT: folder for built engines, so restarts skip the build; default `<data_dir>/tensorrt`.
     pub tensorrt_cache_dir: Option<PathBuf>,
+    /// Jobs worked on at once per node; default: enough to keep every batch full.
+    pub worker_concurrency: Option<usize>,
+    /// How long a claimed job is held without a heartbeat before another worker may take it.
+    pub job_lease_seconds: u64,
+    /// Attempts before a job that keeps failing transiently fails for good.
+    pub job_max_attempts: i32,
+    /// First retry delay of a job after a transient failure, doubled per attempt (capped at 10 min).
+    pub job_retry_delay_ms: u64,
+    /// Fallback poll of the queues, for lost wake-ups.
+    pub poll_interval_ms: u64,
+    /// On shutdown, how long in-flight jobs may finish before they are released to the queue.
+    pub shutdown_grace_seconds: u64,
+    /// Timeout of one webhook attempt.
+    pub webhook_timeout_ms: u64,
+    /// Delays between webhook attempts: comma-separated, with units ms, s, m, h.
+    pub webhook_retry_schedule: String,
+    /// Random spread of each webhook retry delay, as a fraction (0.2 = ±20%).
+    pub webhook_retry_jitter: f64,
+    /// Webhook attempts in flight at once per node.
+    pub webhook_concurrency: usize,
+    /// When reconciliation runs: 6 fields, seconds first.
+    pub reconcile_cron: String,
+    /// IANA timezone the cron expression is read in.
+    pub reconcile_timezone: String,
+    /// A job queued and due, or in progress without progress, for this long is reconciled.
+    pub stale_job_minutes: u64,
+    /// Endpoints failing continuously for this many days are disabled.
+    pub disable_failing_endpoint_days: u64,
+    /// Jobs, results and images older than this many days are deleted.
+    pub retention_days: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +167,21 @@ impl Default for Config {
             max_decode_bytes: 512 * 1024 * 1024,
             tensorrt_fp16: true,
             tensorrt_cache_dir: None,
+            worker_concurrency: None,
+            job_lease_seconds: 60,
+            job_max_attempts: 5,
+            job_retry_delay_ms: 10_000,
+            poll_interval_ms: 1_000,
+            shutdown_grace_seconds: 20,
+            webhook_timeout_ms: 15_000,
+            webhook_retry_schedule: "5s,5m,30m,2h,5h,10h,10h".into(),
+            webhook_retry_jitter: 0.2,
+            webhook_concurrency: 64,
+            reconcile_cron: "0 0 3 * * *".into(),
+            reconcile_timezone: "UTC".into(),
+            stale_job_minutes: 60,
+            disable_failing_endpoint_days: 5,
+            retention_days: 30,
         }
     }
 }
@@ -185,7 +233,79 @@ impl Config {
         if self.database_max_connections == 0 {
             return Err(invalid("database_max_connections", "must be positive"));
         }
+        self.retry_schedule()?;
+        self.reconcile_schedule()?;
+        for (field, value) in [
+            ("job_lease_seconds", self.job_lease_seconds),
+            ("poll_interval_ms", self.poll_interval_ms),
+            ("webhook_timeout_ms", self.webhook_timeout_ms),
+            ("webhook_concurrency", self.webhook_concurrency as u64),
+            ("retention_days", self.retention_days),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be positive"));
+            }
+        }
+        if self.job_max_attempts < 1 {
+            return Err(invalid("job_max_attempts", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.webhook_retry_jitter) {
+            return Err(invalid("webhook_retry_jitter", "must be between 0 and 1"));
+        }
         Ok(())
+    }
+
+    pub fn retry_schedule(&self) -> Result<RetrySchedule, ConfigError> {
+        let parsed: RetrySchedule = self
+            .webhook_retry_schedule
+            .parse()
+            .map_err(|e| invalid("webhook_retry_schedule", e))?;
+        Ok(parsed.with_jitter(self.webhook_retry_jitter))
+    }
+
+    pub fn reconcile_schedule(&self) -> Result<Schedule, ConfigError> {
+        Schedule::parse(&self.reconcile_cron, &self.reconcile_timezone)
+            .map_err(|e| invalid("reconcile_cron", e))
+    }
+
+    pub fn worker_settings(&self, scorer: &crate::inference::Scorer) -> WorkerSettings {
+        let batching = scorer.batcher_settings();
+        WorkerSettings {
+            // Enough jobs in flight that preprocessing overlaps inference and batches fill.
+            concurrency: self
+                .worker_concurrency
+                .unwrap_or((batching.max_batch * batching.workers * 2).max(4)),
+            lease: Duration::from_secs(self.job_lease_seconds),
+            max_attempts: self.job_max_attempts,
+            retry_base_delay: Duration::from_millis(self.job_retry_delay_ms),
+            retry_max_delay: Duration::from_secs(600),
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
+            max_image_bytes: usize::try_from(self.max_upload_bytes).unwrap_or(usize::MAX),
+            max_image_pixels: self.max_image_pixels,
+        }
+    }
+
+    pub fn delivery_settings(&self) -> Result<DeliverySettings, ConfigError> {
+        Ok(DeliverySettings {
+            schedule: self.retry_schedule()?,
+            concurrency: self.webhook_concurrency,
+            // An attempt ends within its timeout; the margin covers recording it.
+            lease: Duration::from_millis(self.webhook_timeout_ms + 5_000),
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+        })
+    }
+
+    pub fn reconcile_settings(&self) -> ReconcileSettings {
+        const DAY: u64 = 24 * 3600;
+        ReconcileSettings {
+            stale_after: Duration::from_secs(self.stale_job_minutes * 60),
+            max_attempts: self.job_max_attempts,
+            disable_failing_endpoints_after: Duration::from_secs(
+                self.disable_failing_endpoint_days * DAY,
+            ),
+            retention: Duration::from_secs(self.retention_days * DAY),
+        }
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {

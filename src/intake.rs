@@ -17,6 +17,7 @@ use crate::{
     outbound::{OutboundError, OutboundPolicy},
     store::{
         jobs::{self, InsertOutcome, NewJob, NewJobImage},
+        wakeups::{Wakeups, Work},
         Db, StoreError,
     },
 };
@@ -75,6 +76,7 @@ pub struct Intake {
     db: Db,
     objects: Arc<dyn ObjectStore>,
     outbound: OutboundPolicy,
+    wakeups: Arc<Wakeups>,
     limits: IntakeLimits,
 }
 
@@ -89,12 +91,14 @@ impl Intake {
         db: Db,
         objects: Arc<dyn ObjectStore>,
         outbound: OutboundPolicy,
+        wakeups: Arc<Wakeups>,
         limits: IntakeLimits,
     ) -> Self {
         Self {
             db,
             objects,
             outbound,
+            wakeups,
             limits,
         }
     }
@@ -176,7 +180,10 @@ impl Intake {
         };
 
         match jobs::insert(&self.db, new_job).await {
-            Ok(InsertOutcome::Created(job)) => Ok(Enqueued::Created(job)),
+            Ok(InsertOutcome::Created(job)) => {
+                self.wakeups.announce(Work::Jobs).await;
+                Ok(Enqueued::Created(job))
+            }
             Ok(InsertOutcome::Replayed(job)) => Ok(Enqueued::Replayed(job)),
             Ok(InsertOutcome::KeyReused) => Err(IntakeError::IdempotencyKeyReused),
             Err(err) => {
@@ -199,6 +206,14 @@ impl Intake {
             Ok(true) => {}
             Err(err) => tracing::warn!(%key, error = %err, "could not check an image's references"),
         }
+    }
+
+    /// Vets a webhook URL by its text (addresses are vetted again when it is called).
+    pub fn check_webhook_url(&self, url: &str) -> Result<String, IntakeError> {
+        self.outbound
+            .check_url(url)
+            .map(String::from)
+            .map_err(IntakeError::WebhookUrl)
     }
 
     fn check_metadata(

@@ -1,8 +1,10 @@
 //! platescore: scores food photos for nutrition apps.
 //!
-//! Modules by capability: `api` (HTTP), `intake` (accepting jobs), `store` (the job store),
-//! `objects` (image storage), `imaging` (format and header checks), `outbound` (the guard on
-//! URLs we contact), `config`, `startup` and `cli`.
+//! Modules by capability: `api` (HTTP), `intake` (accepting jobs), `store` (the job store
+//! and outbox), `worker` (scoring queued jobs), `inference` (the scorer), `delivery`
+//! (webhooks), `scheduling` (the daily reconciliation), `objects` (image storage), `imaging`
+//! (format and header checks), `outbound` (the guard on URLs we contact), `config`,
+//! `startup` and `cli`.
 
 pub mod api;
 pub mod cli;
@@ -13,6 +15,8 @@ pub mod inference;
 pub mod intake;
 pub mod objects;
 pub mod outbound;
+pub mod scheduling;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod worker;

@@ -5,30 +5,68 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use poem::{
     listener::{Acceptor, Listener, TcpListener},
-    Server,
+    EndpointExt, Server,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::{self, auth::KeyCache, AppState},
     config::Config,
+    delivery::DeliveryWorker,
+    inference::Scorer,
     intake::{Intake, IntakeLimits},
     objects,
-    outbound::OutboundPolicy,
-    store::{partners, Db},
+    outbound::{GuardedClient, OutboundPolicy, RedirectRule},
+    scheduling::{self, Reconciler, Schedule},
+    store::{partners, wakeups::Wakeups, Db},
+    worker::JobWorker,
 };
+
+/// Which parts of platescore this process runs. API and worker nodes scale separately;
+/// `all` (the default) runs both in one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Role {
+    /// The HTTP API only.
+    Api,
+    /// Scoring, webhook delivery and the daily reconciliation; HTTP serves health probes only.
+    Worker,
+    #[default]
+    All,
+}
+
+impl Role {
+    fn serves_api(self) -> bool {
+        matches!(self, Self::Api | Self::All)
+    }
+
+    fn runs_workers(self) -> bool {
+        matches!(self, Self::Worker | Self::All)
+    }
+}
+
+/// What a worker node runs beside the HTTP listener.
+struct Background {
+    jobs: Arc<JobWorker>,
+    deliveries: Arc<DeliveryWorker>,
+    reconciler: Arc<Reconciler>,
+    schedule: Schedule,
+}
 
 pub struct Application {
     acceptor: poem::listener::TcpAcceptor,
     addr: SocketAddr,
     state: Arc<AppState>,
     max_body_bytes: u64,
+    role: Role,
+    wakeups: Arc<Wakeups>,
+    background: Option<Background>,
 }
 
 impl Application {
-    /// Connects the database (migrating it if configured) and the object store, and binds
-    /// the listener. Port 0 picks a free port: see [`Application::addr`].
-    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+    /// Connects the database (migrating it if configured) and the object store, loads the
+    /// model on worker nodes, and binds the listener. Port 0 picks a free port: see
+    /// [`Application::addr`].
+    pub async fn build(config: &Config, role: Role) -> anyhow::Result<Self> {
         let db = Db::connect(&config.database_url(), config.database_max_connections).await?;
         if config.migrate_on_start {
             db.migrate().await?;
@@ -36,15 +74,59 @@ impl Application {
             db.check_migrated().await?;
         }
         let objects = objects::open(config).await?;
+        let policy = OutboundPolicy::new(config.outbound_allow_list()?);
+        let wakeups = Wakeups::new(db.clone());
+        let render = api::webhook_payload_renderer();
         let intake = Intake::new(
             db.clone(),
             objects.clone(),
-            OutboundPolicy::new(config.outbound_allow_list()?),
+            policy.clone(),
+            wakeups.clone(),
             IntakeLimits {
                 max_image_pixels: config.max_image_pixels,
                 max_metadata_bytes: config.max_metadata_bytes,
             },
         );
+        let background = if role.runs_workers() {
+            let scorer = Arc::new(Scorer::load(&config.scorer_settings(), None)?);
+            tracing::info!(runtime = scorer.runtime_name(), model = %scorer.model().version, "scorer loaded");
+            let fetcher = GuardedClient::new(
+                policy.clone(),
+                RedirectRule::Follow(MAX_IMAGE_REDIRECTS),
+                IMAGE_FETCH_TIMEOUT,
+            )?;
+            let webhook_client = GuardedClient::new(
+                policy,
+                RedirectRule::Refuse,
+                Duration::from_millis(config.webhook_timeout_ms),
+            )?;
+            Some(Background {
+                jobs: JobWorker::new(
+                    db.clone(),
+                    objects.clone(),
+                    scorer.clone(),
+                    fetcher,
+                    wakeups.clone(),
+                    render.clone(),
+                    config.worker_settings(&scorer),
+                ),
+                deliveries: DeliveryWorker::new(
+                    db.clone(),
+                    webhook_client,
+                    wakeups.clone(),
+                    config.delivery_settings()?,
+                ),
+                reconciler: Reconciler::new(
+                    db.clone(),
+                    objects.clone(),
+                    render.clone(),
+                    config.reconcile_settings(),
+                ),
+                schedule: config.reconcile_schedule()?,
+            })
+        } else {
+            None
+        };
         let acceptor = TcpListener::bind(config.listen_addr()?)
             .into_acceptor()
             .await?;
@@ -53,7 +135,7 @@ impl Application {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .ok_or_else(|| anyhow::anyhow!("listener has no socket address"))?;
-        tracing::info!(%addr, database = %redact(&config.database_url()), objects = %objects.describe(), "platescore ready");
+        tracing::info!(%addr, ?role, database = %redact(&config.database_url()), objects = %objects.describe(), "platescore ready");
         Ok(Self {
             acceptor,
             addr,
@@ -62,8 +144,13 @@ impl Application {
                 objects,
                 intake,
                 key_cache: KeyCache::new(Duration::from_secs(config.auth_cache_seconds)),
+                render,
+                draining: CancellationToken::new(),
             }),
             max_body_bytes: config.max_upload_bytes,
+            role,
+            wakeups,
+            background,
         })
     }
 
@@ -75,26 +162,54 @@ impl Application {
         &self.state.db
     }
 
-    /// Serves until `shutdown` is cancelled, then drains in-flight requests (up to 10 s).
+    /// Serves until `shutdown` is cancelled. Then readiness turns false, the listener drains
+    /// in-flight requests (up to 10 s), workers stop claiming and finish or release their
+    /// jobs within the grace period, and in-flight webhook attempts end.
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let app = api::app(self.state.clone(), self.max_body_bytes);
-        Server::new_with_acceptor(self.acceptor)
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(background) = self.background {
+            self.wakeups.spawn_listener(shutdown.clone());
+            tasks.spawn(background.jobs.run(shutdown.clone()));
+            tasks.spawn(background.deliveries.run(shutdown.clone()));
+            scheduling::start(background.reconciler, background.schedule, shutdown.clone()).await?;
+        }
+        let draining = self.state.draining.clone();
+        let app = if self.role.serves_api() {
+            api::app(self.state.clone(), self.max_body_bytes)
+                .map_to_response()
+                .boxed()
+        } else {
+            api::probes_app(self.state.clone())
+                .map_to_response()
+                .boxed()
+        };
+        let stop = shutdown.clone();
+        let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(
                 app,
-                shutdown.cancelled_owned(),
+                async move {
+                    stop.cancelled().await;
+                    draining.cancel();
+                },
                 Some(Duration::from_secs(10)),
             )
-            .await?;
+            .await;
+        while tasks.join_next().await.is_some() {}
+        served?;
         Ok(())
     }
 }
+
+/// Redirects an image URL may take, each re-checked by the outbound guard.
+const MAX_IMAGE_REDIRECTS: usize = 3;
+const IMAGE_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// On a fresh install, create a first partner and show its key once.
 pub async fn ensure_first_partner(db: &Db, addr: SocketAddr) -> anyhow::Result<()> {
     if partners::count(db).await? > 0 {
         return Ok(());
     }
-    let (partner, key) = partners::create(db, "default").await?;
+    let (partner, key) = partners::create(db, "default", true).await?;
     let key = key.expose();
     eprintln!(
         "\nCreated a first partner `{}` ({}). Its API key is shown only now:\n\n    {key}\n\n\

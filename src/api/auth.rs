@@ -123,6 +123,8 @@ mod tests {
             key_hash: "0".repeat(64),
             created_at: chrono::Utc::now(),
             revoked_at: None,
+            webhook_secret: None,
+            is_admin: false,
         }
     }
 

@@ -3,7 +3,12 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use entity::job::{self, JobStatus};
+use entity::{
+    delivery::{self, DeliveryStatus},
+    delivery_attempt,
+    job::{self, JobStatus},
+    reconcile_run, webhook_endpoint,
+};
 use poem_openapi::{
     registry::{MetaSchema, MetaSchemaRef},
     types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
@@ -160,6 +165,17 @@ pub struct Job {
     /// Time from the start of processing to its end; null until finished.
     #[oai(nullable)]
     pub processing_time_ms: Option<i64>,
+    /// Webhook deliveries of the result: one per destination, once the job has finished.
+    /// Empty when there is no webhook (poll instead). Not part of webhook payloads.
+    pub deliveries: Vec<DeliverySummary>,
+}
+
+impl Job {
+    pub fn with_deliveries(job: job::Model, deliveries: Vec<delivery::Model>) -> Self {
+        let mut view = Self::from(job);
+        view.deliveries = deliveries.into_iter().map(Into::into).collect();
+        view
+    }
 }
 
 impl From<job::Model> for Job {
@@ -195,6 +211,7 @@ impl From<job::Model> for Job {
             result: job.result,
             error,
             processing_time_ms: job.processing_time_ms,
+            deliveries: Vec::new(),
         }
     }
 }
@@ -240,8 +257,237 @@ pub struct JobPage {
 /// Readiness of each dependency.
 #[derive(Debug, Clone, Object)]
 pub struct Readiness {
-    /// `ok` or `unavailable`.
+    /// `ok`, `unavailable` or `draining` (shutting down).
     pub status: String,
     pub database: String,
     pub object_store: String,
+}
+
+/// Where a webhook delivery is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Waiting for its next attempt.
+    Pending,
+    /// An attempt is under way.
+    Sending,
+    Delivered,
+    /// Out of attempts, or its endpoint was disabled or deleted; reconciliation retries
+    /// deliveries to active destinations once a day, and `POST /jobs/{job_id}/redeliver` at once.
+    Failed,
+}
+
+impl From<DeliveryStatus> for DeliveryState {
+    fn from(status: DeliveryStatus) -> Self {
+        match status {
+            DeliveryStatus::Pending => Self::Pending,
+            DeliveryStatus::Sending => Self::Sending,
+            DeliveryStatus::Delivered => Self::Delivered,
+            DeliveryStatus::Failed => Self::Failed,
+        }
+    }
+}
+
+/// A webhook delivery of a job's result to one destination.
+#[derive(Debug, Clone, Object)]
+pub struct DeliverySummary {
+    pub delivery_id: Uuid,
+    /// The `webhook-id` header: the same on every attempt, for deduplication.
+    pub webhook_id: String,
+    /// The endpoint delivered to; null for the job's own `webhook_url`.
+    #[oai(nullable)]
+    pub endpoint_id: Option<Uuid>,
+    pub url: String,
+    /// `job.succeeded` or `job.failed`.
+    pub event_type: String,
+    pub status: DeliveryState,
+    /// Attempts in the current round of retries.
+    pub attempts: i32,
+    #[oai(nullable)]
+    pub next_attempt_at: Option<Timestamp>,
+    #[oai(nullable)]
+    pub delivered_at: Option<Timestamp>,
+    #[oai(nullable)]
+    pub last_status_code: Option<i32>,
+    #[oai(nullable)]
+    pub last_error: Option<String>,
+}
+
+impl From<delivery::Model> for DeliverySummary {
+    fn from(d: delivery::Model) -> Self {
+        Self {
+            webhook_id: format!("msg_{}", d.id.simple()),
+            delivery_id: d.id,
+            endpoint_id: d.endpoint_id,
+            url: d.url,
+            event_type: d.event_type,
+            status: d.status.into(),
+            attempts: d.attempts,
+            next_attempt_at: d.next_attempt_at.map(Timestamp),
+            delivered_at: d.delivered_at.map(Timestamp),
+            last_status_code: d.last_status_code,
+            last_error: d.last_error,
+        }
+    }
+}
+
+/// One HTTP attempt of a delivery.
+#[derive(Debug, Clone, Object)]
+pub struct DeliveryAttempt {
+    pub attempted_at: Timestamp,
+    /// The receiver's status; null when no response came (timeout, refused connection).
+    #[oai(nullable)]
+    pub status_code: Option<i32>,
+    pub latency_ms: i64,
+    #[oai(nullable)]
+    pub error: Option<String>,
+    /// The first 1 KiB of the receiver's response.
+    #[oai(nullable)]
+    pub response_body: Option<String>,
+}
+
+impl From<delivery_attempt::Model> for DeliveryAttempt {
+    fn from(a: delivery_attempt::Model) -> Self {
+        Self {
+            attempted_at: Timestamp(a.attempted_at),
+            status_code: a.status_code,
+            latency_ms: a.latency_ms,
+            error: a.error,
+            response_body: a.response_body,
+        }
+    }
+}
+
+/// A delivery with every attempt, oldest first.
+#[derive(Debug, Clone, Object)]
+pub struct DeliveryDetail {
+    #[oai(flatten)]
+    pub delivery: DeliverySummary,
+    pub attempt_log: Vec<DeliveryAttempt>,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct DeliveryList {
+    pub deliveries: Vec<DeliveryDetail>,
+}
+
+/// Register a webhook endpoint.
+#[derive(Debug, Clone, Object)]
+pub struct CreateWebhookEndpoint {
+    /// `http` or `https` URL on a public host; it receives `job.succeeded` and `job.failed`.
+    pub url: String,
+    /// A note for yourself, up to 500 characters.
+    #[oai(validator(max_length = 500))]
+    pub description: Option<String>,
+}
+
+/// A webhook endpoint. Its secret is shown only when created or rotated.
+#[derive(Debug, Clone, Object)]
+pub struct WebhookEndpoint {
+    pub id: Uuid,
+    pub url: String,
+    #[oai(nullable)]
+    pub description: Option<String>,
+    /// False once disabled: after a `410 Gone`, or after failing for days.
+    pub enabled: bool,
+    /// `gone` or `failing`.
+    #[oai(nullable)]
+    pub disabled_reason: Option<String>,
+    #[oai(nullable)]
+    pub disabled_at: Option<Timestamp>,
+    /// Since when every attempt has failed; null while healthy.
+    #[oai(nullable)]
+    pub failing_since: Option<Timestamp>,
+    pub created_at: Timestamp,
+}
+
+impl From<webhook_endpoint::Model> for WebhookEndpoint {
+    fn from(e: webhook_endpoint::Model) -> Self {
+        Self {
+            id: e.id,
+            url: e.url,
+            description: e.description,
+            enabled: e.disabled_at.is_none(),
+            disabled_reason: e.disabled_reason,
+            disabled_at: e.disabled_at.map(Timestamp),
+            failing_since: e.failing_since.map(Timestamp),
+            created_at: Timestamp(e.created_at),
+        }
+    }
+}
+
+/// A new endpoint, with its signing secret (shown only now).
+#[derive(Debug, Clone, Object)]
+pub struct CreatedWebhookEndpoint {
+    #[oai(flatten)]
+    pub endpoint: WebhookEndpoint,
+    /// `whsec_…`: verify `webhook-signature` with it (Standard Webhooks).
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct WebhookEndpointList {
+    pub endpoints: Vec<WebhookEndpoint>,
+}
+
+/// A signing secret.
+#[derive(Debug, Clone, Object)]
+pub struct SigningSecret {
+    /// `whsec_…`.
+    pub secret: String,
+    /// Until then the previous secret signs too (a second signature in `webhook-signature`).
+    #[oai(nullable)]
+    pub previous_secret_expires_at: Option<Timestamp>,
+}
+
+/// One run of the daily reconciliation.
+#[derive(Debug, Clone, Object)]
+pub struct ReconcileRun {
+    pub id: Uuid,
+    /// The scheduled instant (or the moment of a manual run).
+    pub slot: Timestamp,
+    /// `schedule` or `manual`.
+    pub trigger: String,
+    pub started_at: Timestamp,
+    #[oai(nullable)]
+    pub finished_at: Option<Timestamp>,
+    pub jobs_requeued: i64,
+    pub jobs_failed_stale: i64,
+    pub deliveries_rescheduled: i64,
+    pub endpoints_disabled: i64,
+    pub jobs_deleted: i64,
+    pub objects_deleted: i64,
+    #[oai(nullable)]
+    pub error: Option<String>,
+}
+
+impl From<reconcile_run::Model> for ReconcileRun {
+    fn from(r: reconcile_run::Model) -> Self {
+        Self {
+            id: r.id,
+            slot: Timestamp(r.slot),
+            trigger: r.trigger,
+            started_at: Timestamp(r.started_at),
+            finished_at: r.finished_at.map(Timestamp),
+            jobs_requeued: r.jobs_requeued,
+            jobs_failed_stale: r.jobs_failed_stale,
+            deliveries_rescheduled: r.deliveries_rescheduled,
+            endpoints_disabled: r.endpoints_disabled,
+            jobs_deleted: r.jobs_deleted,
+            objects_deleted: r.objects_deleted,
+            error: r.error,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct ReconcileRunList {
+    pub runs: Vec<ReconcileRun>,
+}
+
+/// What `redeliver` scheduled.
+#[derive(Debug, Clone, Object)]
+pub struct Redelivery {
+    /// Deliveries now due; 0 when the job has no webhook destination.
+    pub deliveries: u32,
 }

@@ -27,7 +27,8 @@ impl HealthApi {
         poem_openapi::payload::PlainText("ok")
     }
 
-    /// The process can serve: the database and the object store are reachable.
+    /// The process can serve: the database and the object store are reachable, and it is
+    /// not shutting down.
     #[oai(path = "/health/ready", method = "get", operation_id = "health_ready")]
     async fn ready(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
         let (db, objects) = tokio::join!(state.db.ping(), state.objects.health_check());
@@ -38,9 +39,14 @@ impl HealthApi {
         if let Err(err) = &objects {
             tracing::warn!(error = %err, "readiness: object store unavailable");
         }
-        let ready = db.is_ok() && objects.is_ok();
+        let draining = state.draining.is_cancelled();
+        let ready = db.is_ok() && objects.is_ok() && !draining;
         let body = Json(Readiness {
-            status: verdict(ready),
+            status: if draining {
+                "draining".to_string()
+            } else {
+                verdict(ready)
+            },
             database: verdict(db.is_ok()),
             object_store: verdict(objects.is_ok()),
         });

@@ -13,14 +13,17 @@ use uuid::Uuid;
 
 use super::{
     auth::PartnerAuth,
-    dto::{EnqueueUrlRequest, Job, JobPage, JobState, StatusBatchRequest, StatusBatchResponse},
+    dto::{
+        DeliveryDetail, DeliveryList, EnqueueUrlRequest, Job, JobPage, JobState, Redelivery,
+        StatusBatchRequest, StatusBatchResponse,
+    },
     payload::{JsonBody, UploadForm},
     problem::{ApiProblem, ApiResult},
     ApiTags, AppState,
 };
 use crate::{
     intake::{EnqueueRequest, Enqueued},
-    store::jobs,
+    store::{deliveries, jobs, Db, StoreError},
 };
 
 pub struct JobsApi;
@@ -44,6 +47,20 @@ pub enum JobResponse {
     /// The job.
     #[oai(status = 200)]
     Ok(Json<Job>),
+}
+
+#[derive(ApiResponse)]
+pub enum DeliveriesResponse {
+    /// The job's deliveries, oldest first, each with its attempts.
+    #[oai(status = 200)]
+    Ok(Json<DeliveryList>),
+}
+
+#[derive(ApiResponse)]
+pub enum RedeliverResponse {
+    /// Accepted: the deliveries are due now.
+    #[oai(status = 202)]
+    Accepted(Json<Redelivery>),
 }
 
 #[derive(ApiResponse)]
@@ -131,11 +148,68 @@ impl JobsApi {
         auth: PartnerAuth,
         job_id: Path<String>,
     ) -> ApiResult<JobResponse> {
-        let id = Uuid::parse_str(&job_id.0).map_err(|_| not_found(&job_id.0))?;
-        let job = jobs::find(&state.db, auth.partner().id, id)
+        let job = find_job(&state, &auth, &job_id.0).await?;
+        let mut views = with_deliveries(&state.db, vec![job]).await?;
+        Ok(JobResponse::Ok(Json(views.remove(0))))
+    }
+
+    /// List a job's webhook deliveries and every attempt: time, status code, latency,
+    /// error and the start of the response.
+    #[oai(
+        path = "/jobs/:job_id/deliveries",
+        method = "get",
+        operation_id = "list_deliveries"
+    )]
+    async fn deliveries(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: PartnerAuth,
+        job_id: Path<String>,
+    ) -> ApiResult<DeliveriesResponse> {
+        let job = find_job(&state, &auth, &job_id.0).await?;
+        let deliveries = deliveries::list_for_job(&state.db, job.id)
             .await?
-            .ok_or_else(|| not_found(&job_id.0))?;
-        Ok(JobResponse::Ok(Json(job.into())))
+            .into_iter()
+            .map(|(delivery, attempts)| DeliveryDetail {
+                delivery: delivery.into(),
+                attempt_log: attempts.into_iter().map(Into::into).collect(),
+            })
+            .collect();
+        Ok(DeliveriesResponse::Ok(Json(DeliveryList { deliveries })))
+    }
+
+    /// Send a finished job's webhook again, now, with a fresh retry schedule.
+    ///
+    /// The same `webhook-id` is used, so receivers can deduplicate. A job that had no
+    /// destination when it finished is sent to your current endpoints.
+    #[oai(
+        path = "/jobs/:job_id/redeliver",
+        method = "post",
+        operation_id = "redeliver"
+    )]
+    async fn redeliver(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: PartnerAuth,
+        job_id: Path<String>,
+    ) -> ApiResult<RedeliverResponse> {
+        let job = find_job(&state, &auth, &job_id.0).await?;
+        if !matches!(
+            job.status,
+            entity::job::JobStatus::Succeeded | entity::job::JobStatus::Failed
+        ) {
+            return Err(ApiProblem::new(
+                StatusCode::CONFLICT,
+                "job_not_finished",
+                "the job has not finished; its webhook is sent when it does",
+            )
+            .into());
+        }
+        let count =
+            deliveries::redeliver(&state.db, &job, &state.render, chrono::Utc::now()).await?;
+        Ok(RedeliverResponse::Accepted(Json(Redelivery {
+            deliveries: count as u32,
+        })))
     }
 
     /// Get up to 1,000 jobs at once, for reconciliation.
@@ -147,10 +221,11 @@ impl JobsApi {
         body: JsonBody<StatusBatchRequest>,
     ) -> ApiResult<StatusBatchResult> {
         let ids = body.0.job_ids;
-        let mut found: HashMap<Uuid, _> = jobs::find_many(&state.db, auth.partner().id, &ids)
+        let found = jobs::find_many(&state.db, auth.partner().id, &ids).await?;
+        let mut found: HashMap<Uuid, Job> = with_deliveries(&state.db, found)
             .await?
             .into_iter()
-            .map(|job| (job.id, job))
+            .map(|job| (job.job_id, job))
             .collect();
         let mut response = StatusBatchResponse {
             jobs: Vec::with_capacity(found.len()),
@@ -158,7 +233,7 @@ impl JobsApi {
         };
         for id in ids {
             match found.remove(&id) {
-                Some(job) => response.jobs.push(job.into()),
+                Some(job) => response.jobs.push(job),
                 None if !response.jobs.iter().any(|j| j.job_id == id) => {
                     response.not_found.push(id)
                 }
@@ -211,7 +286,7 @@ impl JobsApi {
             None
         };
         Ok(JobPageResult::Ok(Json(JobPage {
-            jobs: page.into_iter().map(Job::from).collect(),
+            jobs: with_deliveries(&state.db, page).await?,
             next_cursor,
         })))
     }
@@ -227,4 +302,28 @@ async fn enqueue(
     };
     let location = format!("/status/{}", job.job_id);
     Ok(EnqueueResponse::Accepted(Json(job), location))
+}
+
+async fn find_job(
+    state: &AppState,
+    auth: &PartnerAuth,
+    job_id: &str,
+) -> Result<entity::job::Model, ApiProblem> {
+    let id = Uuid::parse_str(job_id).map_err(|_| not_found(job_id))?;
+    jobs::find(&state.db, auth.partner().id, id)
+        .await?
+        .ok_or_else(|| not_found(job_id))
+}
+
+/// The jobs as the API shows them, with their deliveries.
+async fn with_deliveries(db: &Db, jobs: Vec<entity::job::Model>) -> Result<Vec<Job>, StoreError> {
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+    let mut by_job = deliveries::for_jobs(db, &ids).await?;
+    Ok(jobs
+        .into_iter()
+        .map(|job| {
+            let deliveries = by_job.remove(&job.id).unwrap_or_default();
+            Job::with_deliveries(job, deliveries)
+        })
+        .collect())
 }

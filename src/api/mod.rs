@@ -1,18 +1,25 @@
 //! The HTTP API: poem-openapi operations, the spec at `/openapi.json` and its docs at `/docs`.
 
+mod admin;
 pub mod auth;
 pub mod dto;
 mod health;
 mod jobs;
 mod payload;
 pub mod problem;
+mod webhooks;
 
 use std::sync::Arc;
 
 use poem::{get, Endpoint, EndpointExt, Route};
-use poem_openapi::{OpenApiService, Tags};
+use poem_openapi::{types::ToJSON, OpenApiService, Tags};
+use tokio_util::sync::CancellationToken;
 
-use crate::{intake::Intake, objects::ObjectStore, store::Db};
+use crate::{
+    intake::Intake,
+    objects::ObjectStore,
+    store::{deliveries::PayloadRenderer, Db},
+};
 
 /// What the handlers share.
 pub struct AppState {
@@ -20,21 +27,39 @@ pub struct AppState {
     pub objects: Arc<dyn ObjectStore>,
     pub intake: Intake,
     pub key_cache: auth::KeyCache,
+    /// Renders webhook bodies (for redelivery of jobs that had no destination).
+    pub render: PayloadRenderer,
+    /// Cancelled when the node begins shutting down: readiness turns false.
+    pub draining: CancellationToken,
 }
 
 #[derive(Tags)]
 enum ApiTags {
     /// Enqueue photos and read jobs back.
     Jobs,
+    /// Webhook endpoints and their signing secrets.
+    Webhooks,
+    /// Operator endpoints; they need an admin key.
+    Admin,
     /// Probes for load balancers and orchestrators.
     Health,
 }
 
-pub type Apis = (jobs::JobsApi, health::HealthApi);
+pub type Apis = (
+    jobs::JobsApi,
+    webhooks::WebhooksApi,
+    admin::AdminApi,
+    health::HealthApi,
+);
 
 pub fn service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (jobs::JobsApi, health::HealthApi),
+        (
+            jobs::JobsApi,
+            webhooks::WebhooksApi,
+            admin::AdminApi,
+            health::HealthApi,
+        ),
         "platescore",
         env!("CARGO_PKG_VERSION"),
     )
@@ -64,4 +89,29 @@ pub fn app(state: Arc<AppState>, max_body_bytes: u64) -> impl Endpoint {
         .nest("/", service.with(payload::BodyLimit::new(max_body_bytes)))
         .data(state)
         .catch_all_error(|err| async move { problem::any_error_to_problem(err) })
+}
+
+/// A worker node's HTTP: the health probes only.
+pub fn probes_app(state: Arc<AppState>) -> impl Endpoint {
+    Route::new()
+        .nest(
+            "/",
+            OpenApiService::new(health::HealthApi, "platescore", ""),
+        )
+        .data(state)
+        .catch_all_error(|err| async move { problem::any_error_to_problem(err) })
+}
+
+/// The webhook body of a finished job: the job as `GET /status` shows it, plus `type`.
+pub fn webhook_payload_renderer() -> PayloadRenderer {
+    Arc::new(|job, event_type| {
+        let mut body = dto::Job::from(job.clone())
+            .to_json()
+            .unwrap_or(serde_json::Value::Null);
+        if let Some(fields) = body.as_object_mut() {
+            fields.remove("deliveries");
+            fields.insert("type".into(), event_type.into());
+        }
+        body.to_string()
+    })
 }

@@ -107,9 +107,15 @@ pub enum ApiError {
     /// The API key is missing, unknown or revoked.
     #[oai(status = 401, content_type = "application/problem+json")]
     Unauthorized(Json<Problem>),
-    /// No such job for this partner.
+    /// The key is valid but may not do this (an admin endpoint).
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// No such job (or endpoint) for this partner.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The resource is not in a state that allows this (a job not finished yet).
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
     /// The request body is over the size limit.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
@@ -133,7 +139,9 @@ impl From<ApiProblem> for ApiError {
         match problem.status.as_u16() {
             400 => Self::BadRequest(body),
             401 => Self::Unauthorized(body),
+            403 => Self::Forbidden(body),
             404 => Self::NotFound(body),
+            409 => Self::Conflict(body),
             413 => Self::PayloadTooLarge(body),
             415 => Self::UnsupportedMediaType(body),
             422 => Self::UnprocessableEntity(body),
@@ -176,17 +184,13 @@ impl From<ObjectStoreError> for ApiProblem {
 
 impl From<HeaderError> for ApiProblem {
     fn from(err: HeaderError) -> Self {
-        let (status, code) = match err {
-            HeaderError::UnsupportedFormat => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_image_format",
-            ),
-            HeaderError::Unreadable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "image_unreadable"),
-            HeaderError::TooManyPixels { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "image_too_large")
+        let status = match err {
+            HeaderError::UnsupportedFormat => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            HeaderError::Unreadable(_) | HeaderError::TooManyPixels { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
             }
         };
-        ApiProblem::new(status, code, err.to_string())
+        ApiProblem::new(status, err.code(), err.to_string())
     }
 }
 

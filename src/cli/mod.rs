@@ -13,7 +13,9 @@ use uuid::Uuid;
 use crate::{
     api,
     config::Config,
-    startup::{self, Application},
+    objects,
+    scheduling::Reconciler,
+    startup::{self, Application, Role},
     store::{partners, Db},
     telemetry,
 };
@@ -34,8 +36,19 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the API (the default).
-    Serve,
+    /// Serve the API and run the workers (the default).
+    Serve {
+        /// `api`, `worker` or `all`.
+        #[arg(long, value_enum, env = "PLATESCORE_ROLE", default_value = "all")]
+        role: Role,
+    },
+    /// Run the reconciliation (stuck jobs, undelivered webhooks, failing endpoints,
+    /// retention) now, print what it did as JSON, and exit.
+    Reconcile {
+        /// Required: without a schedule, `reconcile` only runs on demand.
+        #[arg(long, required = true)]
+        now: bool,
+    },
     /// Apply pending database migrations, then exit.
     Migrate,
     /// Manage partners and their API keys.
@@ -89,7 +102,12 @@ pub enum BenchCommand {
 #[derive(Debug, Subcommand)]
 pub enum PartnersCommand {
     /// Create a partner and print its new API key (only the key, on stdout).
-    Create { name: String },
+    Create {
+        name: String,
+        /// The key may also read the operator endpoints (`/admin/…`).
+        #[arg(long)]
+        admin: bool,
+    },
     /// List partners.
     List,
     /// Revoke a partner's API key.
@@ -107,8 +125,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let config = Config::load(cli.config.as_deref())?;
     telemetry::init(config.log_format);
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config).await,
+    let command = cli.command.unwrap_or(Command::Serve {
+        role: std::env::var("PLATESCORE_ROLE")
+            .ok()
+            .and_then(|r| <Role as clap::ValueEnum>::from_str(&r, true).ok())
+            .unwrap_or_default(),
+    });
+    match command {
+        Command::Serve { role } => serve(config, role).await,
+        Command::Reconcile { .. } => reconcile_now(config).await,
         Command::Migrate => {
             let db = Db::connect(&config.database_url(), 1).await?;
             db.migrate().await?;
@@ -134,25 +159,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let app = Application::build(&config).await?;
-    startup::ensure_first_partner(app.db(), app.addr()).await?;
+async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
+    let app = Application::build(&config, role).await?;
+    if role != Role::Worker {
+        startup::ensure_first_partner(app.db(), app.addr()).await?;
+    }
     let shutdown = CancellationToken::new();
     startup::shutdown_on_signal(shutdown.clone());
     app.run_until(shutdown).await
+}
+
+async fn reconcile_now(config: Config) -> anyhow::Result<()> {
+    let db = Db::connect(&config.database_url(), 2).await?;
+    db.check_migrated().await?;
+    let reconciler = Reconciler::new(
+        db,
+        objects::open(&config).await?,
+        api::webhook_payload_renderer(),
+        config.reconcile_settings(),
+    );
+    let now = chrono::Utc::now();
+    match reconciler.run_slot(now, "manual", now).await? {
+        Some(counts) => println!("{}", serde_json::to_string(&counts)?),
+        None => anyhow::bail!("a reconciliation already ran at this instant"),
+    }
+    Ok(())
 }
 
 async fn manage_partners(config: &Config, command: PartnersCommand) -> anyhow::Result<()> {
     let db = Db::connect(&config.database_url(), 2).await?;
     db.migrate().await?;
     match command {
-        PartnersCommand::Create { name } => {
+        PartnersCommand::Create { name, admin } => {
             let name = name.trim();
             anyhow::ensure!(
                 !name.is_empty() && name.len() <= 200,
                 "a name is 1 to 200 characters"
             );
-            let (partner, key) = partners::create(&db, name).await?;
+            let (partner, key) = partners::create(&db, name, admin).await?;
             eprintln!(
                 "created partner `{}` ({}); its key is shown only now:",
                 partner.name, partner.id
@@ -165,10 +209,13 @@ async fn manage_partners(config: &Config, command: PartnersCommand) -> anyhow::R
                 "id", "key", "name", "created"
             );
             for p in partners::list(&db).await? {
-                let status = match p.revoked_at {
+                let mut status = match p.revoked_at {
                     Some(at) => format!("revoked {}", at.format("%Y-%m-%d")),
                     None => "active".to_string(),
                 };
+                if p.is_admin {
+                    status.push_str(", admin");
+                }
                 println!(
                     "{:<36}  {:<16}  {:<20}  {:<25}  {status}",
                     p.id,

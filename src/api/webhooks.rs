@@ -1,0 +1,182 @@
+//! Webhook endpoints: register, list, delete, rotate their secrets; and the partner's
+//! secret for per-job `webhook_url`s.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use poem::{http::StatusCode, web::Data};
+use poem_openapi::{param::Path, payload::Json, ApiResponse, OpenApi};
+use uuid::Uuid;
+
+use super::{
+    auth::PartnerAuth,
+    dto::{
+        CreateWebhookEndpoint, CreatedWebhookEndpoint, SigningSecret, Timestamp, WebhookEndpoint,
+        WebhookEndpointList,
+    },
+    payload::JsonBody,
+    problem::{ApiProblem, ApiResult},
+    ApiTags, AppState,
+};
+use crate::{
+    delivery::signing::WebhookSecret,
+    store::{endpoints, partners},
+};
+
+/// After a rotation, the previous secret keeps signing for this long.
+const ROTATION_OVERLAP: chrono::Duration = chrono::Duration::hours(24);
+
+pub struct WebhooksApi;
+
+#[derive(ApiResponse)]
+pub enum CreatedResponse {
+    /// Created. Keep the secret: it is not shown again.
+    #[oai(status = 201)]
+    Created(Json<CreatedWebhookEndpoint>),
+}
+
+#[derive(ApiResponse)]
+pub enum ListResponse {
+    #[oai(status = 200)]
+    Ok(Json<WebhookEndpointList>),
+}
+
+#[derive(ApiResponse)]
+pub enum DeletedResponse {
+    /// Deleted; pending deliveries to it are dropped.
+    #[oai(status = 204)]
+    Deleted,
+}
+
+#[derive(ApiResponse)]
+pub enum SecretResponse {
+    #[oai(status = 200)]
+    Ok(Json<SigningSecret>),
+}
+
+fn endpoint_not_found(id: &str) -> ApiProblem {
+    ApiProblem::new(
+        StatusCode::NOT_FOUND,
+        "webhook_not_found",
+        format!("no webhook endpoint `{id}`"),
+    )
+}
+
+#[OpenApi(tag = "ApiTags::Webhooks")]
+impl WebhooksApi {
+    /// Register a webhook endpoint.
+    ///
+    /// Finished jobs enqueued without a `webhook_url` are POSTed to every enabled endpoint,
+    /// signed per Standard Webhooks with the endpoint's secret.
+    #[oai(path = "/webhooks", method = "post", operation_id = "create_webhook")]
+    async fn create(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: PartnerAuth,
+        body: JsonBody<CreateWebhookEndpoint>,
+    ) -> ApiResult<CreatedResponse> {
+        let body = body.0;
+        let url = state.intake.check_webhook_url(&body.url)?;
+        let secret = WebhookSecret::generate().expose();
+        let endpoint = endpoints::create(
+            &state.db,
+            auth.partner().id,
+            url,
+            body.description,
+            secret.clone(),
+        )
+        .await?;
+        Ok(CreatedResponse::Created(Json(CreatedWebhookEndpoint {
+            endpoint: endpoint.into(),
+            secret,
+        })))
+    }
+
+    /// List your webhook endpoints.
+    #[oai(path = "/webhooks", method = "get", operation_id = "list_webhooks")]
+    async fn list(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: PartnerAuth,
+    ) -> ApiResult<ListResponse> {
+        let endpoints = endpoints::list(&state.db, auth.partner().id).await?;
+        Ok(ListResponse::Ok(Json(WebhookEndpointList {
+            endpoints: endpoints.into_iter().map(WebhookEndpoint::from).collect(),
+        })))
+    }
+
+    /// Delete a webhook endpoint.
+    #[oai(
+        path = "/webhooks/:id",
+        method = "delete",
+        operation_id = "delete_webhook"
+    )]
+    async fn delete(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: PartnerAuth,
+        id: Path<String>,
+    ) -> ApiResult<DeletedResponse> {
+        let uuid = Uuid::parse_str(&id.0).map_err(|_| endpoint_not_found(&id.0))?;
+        if endpoints::delete(&state.db, auth.partner().id, uuid).await? {
+            Ok(DeletedResponse::Deleted)
+        } else {
+            Err(endpoint_not_found(&id.0).into())
+        }
+    }
+
+    /// Rotate an endpoint's signing secret.
+    ///
+    /// Returns the new secret. For 24 hours, deliveries carry signatures with both the new
+    /// and the previous secret, so receivers can switch without losing a message.
+    #[oai(
+        path = "/webhooks/:id/rotate-secret",
+        method = "post",
+        operation_id = "rotate_webhook_secret"
+    )]
+    async fn rotate_secret(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: PartnerAuth,
+        id: Path<String>,
+    ) -> ApiResult<SecretResponse> {
+        let uuid = Uuid::parse_str(&id.0).map_err(|_| endpoint_not_found(&id.0))?;
+        let secret = WebhookSecret::generate().expose();
+        let rotated = endpoints::rotate_secret(
+            &state.db,
+            auth.partner().id,
+            uuid,
+            secret.clone(),
+            Utc::now() + ROTATION_OVERLAP,
+        )
+        .await?
+        .ok_or_else(|| endpoint_not_found(&id.0))?;
+        Ok(SecretResponse::Ok(Json(SigningSecret {
+            secret,
+            previous_secret_expires_at: rotated.previous_secret_expires_at.map(Timestamp),
+        })))
+    }
+
+    /// The secret that signs deliveries to per-job `webhook_url`s.
+    #[oai(
+        path = "/webhook-secret",
+        method = "get",
+        operation_id = "get_webhook_secret"
+    )]
+    async fn partner_secret(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: PartnerAuth,
+    ) -> ApiResult<SecretResponse> {
+        let secret = partners::webhook_secret(
+            &state.db,
+            auth.partner().id,
+            WebhookSecret::generate().expose(),
+        )
+        .await?;
+        Ok(SecretResponse::Ok(Json(SigningSecret {
+            secret,
+            previous_secret_expires_at: None,
+        })))
+    }
+}
