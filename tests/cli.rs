@@ -238,3 +238,225 @@ fn score_prints_one_json_line_per_image_path_first() {
     assert!(!bad_tag.status.success());
     assert!(String::from_utf8_lossy(&bad_tag.stderr).contains("carnivore"));
 }
+
+/// Reads the child's stderr on a thread (so it never blocks on a full pipe) and returns the
+/// first partner's key from the first-start banner.
+fn key_from_banner(child: &mut std::process::Child) -> String {
+    let stderr = child.stderr.take().unwrap();
+    let (found, key) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let (false, Some(start)) = (sent, line.find("Bearer psk_")) {
+                let rest = &line[start + "Bearer ".len()..];
+                let _ = found.send(rest[..rest.find('\'').unwrap()].to_string());
+                sent = true;
+            }
+        }
+    });
+    key.recv_timeout(Duration::from_secs(60))
+        .expect("a key is printed")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn after_a_crash_every_job_succeeds_and_every_webhook_arrives_with_a_stable_id() {
+    use std::sync::{Arc, Mutex};
+    const JOBS: usize = 24;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let start = || {
+        platescore(dir.path())
+            .env("PLATESCORE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PLATESCORE_OUTBOUND_ALLOW_CIDRS", "127.0.0.0/8")
+            .env("PLATESCORE_JOB_LEASE_SECONDS", "2")
+            .env("PLATESCORE_POLL_INTERVAL_MS", "100")
+            .env("PLATESCORE_WORKER_CONCURRENCY", "2")
+            .env("PLATESCORE_RUNTIME", "tract")
+            .env("PLATESCORE_WEBHOOK_RETRY_SCHEDULE", "100ms,100ms,100ms")
+            .env("PLATESCORE_WEBHOOK_TIMEOUT_MS", "1000")
+            .env(
+                "PLATESCORE_MODEL_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/models/food-scorer"),
+            )
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // A receiver on loopback that records (webhook-id, job_id) pairs.
+    type Seen = Arc<Mutex<Vec<(String, String)>>>;
+    let received: Seen = Arc::default();
+    let receiver_addr = runtime.block_on(async {
+        use poem::{
+            handler,
+            http::HeaderMap,
+            listener::{Acceptor, Listener},
+            web::Data,
+            EndpointExt,
+        };
+        #[handler]
+        async fn hook(
+            seen: Data<&Seen>,
+            headers: &HeaderMap,
+            body: poem::web::Json<serde_json::Value>,
+        ) -> &'static str {
+            let id = headers
+                .get("webhook-id")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            let job = body["job_id"].as_str().unwrap().to_string();
+            seen.lock().unwrap().push((id, job));
+            "ok"
+        }
+        let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+            .into_acceptor()
+            .await
+            .unwrap();
+        let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
+        let app = poem::Route::new()
+            .at("/hook", poem::post(hook))
+            .data(received.clone());
+        tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
+        addr
+    });
+
+    let mut first = start();
+    let key = key_from_banner(&mut first);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let job_ids: Vec<String> = runtime.block_on(async {
+        let response = client
+            .post(format!("{base}/webhooks"))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({ "url": format!("http://{receiver_addr}/hook") }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let mut ids = Vec::new();
+        let photos = ["apple.jpg", "lemon.jpg", "pizza.jpg", "cabbage.jpg"];
+        for i in 0..JOBS {
+            let mut bytes = std::fs::read(format!("tests/fixtures/{}", photos[i % 4])).unwrap();
+            bytes.extend_from_slice(format!("job {i}").as_bytes());
+            let form = reqwest::multipart::Form::new().part(
+                "image",
+                reqwest::multipart::Part::bytes(bytes).file_name("m.jpg"),
+            );
+            let response = client
+                .post(format!("{base}/enqueue"))
+                .bearer_auth(&key)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+            let job: serde_json::Value = response.json().await.unwrap();
+            ids.push(job["job_id"].as_str().unwrap().to_string());
+        }
+        ids
+    });
+
+    // Kill it mid-flight: once some webhooks arrived, before all could.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no webhook before the crash");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let before_restart = received.lock().unwrap().len();
+    assert!(before_restart < JOBS, "everything finished before the kill");
+
+    let mut second = start();
+    std::thread::spawn({
+        let stderr = second.stderr.take().unwrap();
+        move || for _ in BufReader::new(stderr).lines() {}
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let statuses = loop {
+        let statuses: Vec<serde_json::Value> = runtime.block_on(async {
+            let Ok(response) = client
+                .post(format!("{base}/status"))
+                .bearer_auth(&key)
+                .json(&serde_json::json!({ "job_ids": job_ids }))
+                .send()
+                .await
+            else {
+                return Vec::new();
+            };
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            body["jobs"].as_array().cloned().unwrap_or_default()
+        });
+        let delivered = |job: &serde_json::Value| job["deliveries"][0]["status"] == "delivered";
+        if statuses.len() == JOBS && statuses.iter().all(delivered) {
+            break statuses;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jobs never all settled: {statuses:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    second.kill().unwrap();
+    second.wait().unwrap();
+
+    let received = received.lock().unwrap().clone();
+    for job in &statuses {
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let id = job["job_id"].as_str().unwrap();
+        let webhook_ids: Vec<&String> = received
+            .iter()
+            .filter(|(_, job)| job == id)
+            .map(|(webhook_id, _)| webhook_id)
+            .collect();
+        assert!(!webhook_ids.is_empty(), "no webhook for {id}");
+        assert!(
+            webhook_ids.iter().all(|w| *w == webhook_ids[0]),
+            "webhook ids differ for {id}: {webhook_ids:?}"
+        );
+        assert_eq!(job["deliveries"][0]["webhook_id"], webhook_ids[0].as_str());
+    }
+}
+
+#[test]
+fn reconcile_now_runs_once_and_prints_its_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    // Create the database first.
+    let created = platescore(dir.path())
+        .args(["partners", "create", "ops", "--admin"])
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    let output = platescore(dir.path())
+        .args(["reconcile", "--now"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let counts: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(counts["jobs_requeued"], 0);
+    assert_eq!(counts["jobs_deleted"], 0);
+    let listing = platescore(dir.path())
+        .args(["partners", "list"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(listing.stdout).unwrap().contains("admin"));
+}

@@ -41,6 +41,7 @@ async fn readiness_fails_when_the_object_store_is_gone() {
         configure: Box::new(move |config| {
             config.s3_endpoint_url = Some(format!("http://{unused_port}"));
         }),
+        ..TestOptions::default()
     })
     .await;
     let response = app

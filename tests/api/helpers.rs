@@ -7,7 +7,11 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use platescore::{config::Config, startup::Application, store::partners};
+use platescore::{
+    config::Config,
+    startup::{Application, Role},
+    store::partners,
+};
 use reqwest::multipart::{Form, Part};
 use s3s::{auth::SimpleAuth, service::S3ServiceBuilder};
 use serde_json::Value;
@@ -48,13 +52,18 @@ pub struct TestApp {
     pub key: String,
     /// Where objects end up on disk (the folder store, or the S3 server's root).
     pub objects_root: PathBuf,
+    /// The configuration the app was built with.
+    pub config: Config,
     shutdown: CancellationToken,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     postgres: Option<PostgresDatabase>,
     _dir: TempDir,
 }
 
 pub struct TestOptions {
     pub backend: ObjectBackend,
+    /// `Api` by default, so jobs stay where tests put them; lifecycle tests run workers.
+    pub role: Role,
     pub configure: Box<dyn FnOnce(&mut Config)>,
 }
 
@@ -62,7 +71,27 @@ impl Default for TestOptions {
     fn default() -> Self {
         Self {
             backend: ObjectBackend::from_env(),
+            role: Role::Api,
             configure: Box::new(|_| {}),
+        }
+    }
+}
+
+impl TestOptions {
+    /// Workers on, loopback reachable (receivers and image hosts live there), quick polls.
+    pub fn with_workers(configure: impl FnOnce(&mut Config) + 'static) -> Self {
+        Self {
+            role: Role::All,
+            configure: Box::new(move |config| {
+                config.outbound_allow_cidrs = "127.0.0.0/8".into();
+                config.runtime = platescore::inference::RuntimeChoice::Auto;
+                config.poll_interval_ms = 100;
+                config.webhook_retry_schedule = "20ms,20ms,20ms".into();
+                config.webhook_retry_jitter = 0.0;
+                config.webhook_timeout_ms = 2_000;
+                configure(config);
+            }),
+            ..Self::default()
         }
     }
 }
@@ -103,19 +132,23 @@ impl TestApp {
         };
         (options.configure)(&mut config);
 
-        let app = Application::build(&config).await.expect("app builds");
+        let app = Application::build(&config, options.role)
+            .await
+            .expect("app builds");
         let addr = app.addr();
         let db = app.db().clone();
-        let (_, key) = partners::create(&db, "test partner").await.unwrap();
+        let (_, key) = partners::create(&db, "test partner", false).await.unwrap();
         let shutdown = CancellationToken::new();
-        tokio::spawn(app.run_until(shutdown.clone()));
+        let running = tokio::spawn(app.run_until(shutdown.clone()));
         Self {
             addr,
             client: reqwest::Client::new(),
             db,
             key: key.expose().to_string(),
             objects_root,
+            config,
             shutdown,
+            running: Some(running),
             postgres,
             _dir: dir,
         }
@@ -127,7 +160,7 @@ impl TestApp {
 
     /// A second partner's key.
     pub async fn new_partner(&self, name: &str) -> String {
-        partners::create(&self.db, name)
+        partners::create(&self.db, name, false)
             .await
             .unwrap()
             .1
@@ -135,10 +168,85 @@ impl TestApp {
             .to_string()
     }
 
+    pub async fn new_admin(&self, name: &str) -> String {
+        partners::create(&self.db, name, true)
+            .await
+            .unwrap()
+            .1
+            .expose()
+            .to_string()
+    }
+
+    /// Shuts the app down as SIGTERM would, and waits until it has stopped.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running.await.unwrap().unwrap();
+        }
+    }
+
+    pub async fn get_json(&self, key: &str, path: &str) -> Value {
+        let response = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    pub async fn post_json(&self, key: &str, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls `GET /status` until the job is finished and its deliveries are settled.
+    pub async fn wait_until_settled(&self, key: &str, job_id: &str) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let job: Value = self.status(key, job_id).await.json().await.unwrap();
+            let finished = matches!(job["status"].as_str(), Some("succeeded" | "failed"));
+            let settled = job["deliveries"].as_array().is_some_and(|d| {
+                d.iter()
+                    .all(|d| matches!(d["status"].as_str(), Some("delivered" | "failed")))
+            });
+            if finished && settled {
+                return job;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "job never settled: {job}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn upload(&self, key: &str, image: Vec<u8>, file_name: &str) -> reqwest::Response {
         self.enqueue_form(
             key,
             Form::new().part("image", Part::bytes(image).file_name(file_name.to_string())),
+        )
+        .await
+    }
+
+    pub async fn upload_with_webhook(
+        &self,
+        key: &str,
+        image: Vec<u8>,
+        webhook_url: &str,
+    ) -> reqwest::Response {
+        self.enqueue_form(
+            key,
+            Form::new()
+                .part("image", Part::bytes(image).file_name("meal.jpg"))
+                .text("webhook_url", webhook_url.to_string()),
         )
         .await
     }

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use platescore::store::queue::{self, Outcome};
+use platescore::store::{
+    deliveries::PayloadRenderer,
+    queue::{self, Outcome},
+};
 use serde_json::{json, Value};
 
 use crate::helpers::TestApp;
@@ -72,17 +75,27 @@ async fn only_the_lease_holder_finishes_a_job() {
     forged.token = uuid::Uuid::new_v4();
     let done = Outcome::Succeeded {
         result: json!({"score": 4.5}),
+        model_version: "test-model".into(),
         processing_time_ms: 12,
     };
-    assert!(!queue::finish(&app.db, &forged, now, done.clone())
-        .await
-        .unwrap());
+    assert!(
+        queue::finish(&app.db, &forged, now, done.clone(), &no_payload())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(queue::heartbeat(&app.db, &lease, now, LEASE).await.unwrap());
-    assert!(queue::finish(&app.db, &lease, now, done.clone())
-        .await
-        .unwrap());
+    assert!(
+        queue::finish(&app.db, &lease, now, done.clone(), &no_payload())
+            .await
+            .unwrap()
+            .is_some()
+    );
     // Finishing twice does nothing the second time.
-    assert!(!queue::finish(&app.db, &lease, now, done).await.unwrap());
+    assert!(queue::finish(&app.db, &lease, now, done, &no_payload())
+        .await
+        .unwrap()
+        .is_none());
     let job: Value = app
         .status(&app.key, &ids[0].to_string())
         .await
@@ -112,7 +125,10 @@ async fn expired_leases_are_rescued_and_the_old_holder_cannot_finish() {
         message: "late".into(),
         processing_time_ms: 1,
     };
-    assert!(!queue::finish(&app.db, &leases[1], t2, stale).await.unwrap());
+    assert!(queue::finish(&app.db, &leases[1], t2, stale, &no_payload())
+        .await
+        .unwrap()
+        .is_none());
     let again = queue::claim(&app.db, t2, 10, LEASE).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].job.id, leases[1].job.id);
@@ -131,7 +147,10 @@ async fn a_retry_waits_until_it_is_due() {
         code: "image_fetch_timeout".into(),
         message: "timed out".into(),
     };
-    assert!(queue::finish(&app.db, &lease, t0, retry).await.unwrap());
+    assert!(queue::finish(&app.db, &lease, t0, retry, &no_payload())
+        .await
+        .unwrap()
+        .is_some());
     assert!(
         queue::claim(&app.db, due - chrono::Duration::seconds(1), 1, LEASE)
             .await
@@ -169,4 +188,8 @@ async fn concurrent_claimers_never_take_the_same_job() {
     let mut expected = ids.clone();
     expected.sort();
     assert_eq!(all, expected, "every job claimed exactly once");
+}
+
+fn no_payload() -> PayloadRenderer {
+    std::sync::Arc::new(|_, _| String::new())
 }
