@@ -2,6 +2,7 @@
 //! Results go to stdout, so scripts can capture them; messages for people go to stderr.
 
 mod bench;
+mod bench_lifecycle;
 mod score;
 
 use std::path::PathBuf;
@@ -97,6 +98,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
     },
+    /// End to end (enqueue → webhook at a loopback receiver) against preprocessing plus
+    /// inference alone; then latency at half of the saturated throughput.
+    Pipeline {
+        /// JPEG files or folders of them.
+        #[arg(long, default_value = "tests/fixtures")]
+        images: Vec<PathBuf>,
+        #[arg(long, default_value_t = 400)]
+        jobs: usize,
+    },
+    /// Webhook delivery alone: drain this many outbox rows to a loopback receiver.
+    Delivery {
+        #[arg(long, default_value_t = 20_000)]
+        deliveries: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,6 +164,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 bench::preprocess_time(&config, &file, iterations)
             }
             BenchCommand::Batcher { seconds } => bench::batcher_overhead(&config, seconds).await,
+            BenchCommand::Pipeline { images, jobs } => {
+                bench_lifecycle::pipeline(&config, &images, jobs).await
+            }
+            BenchCommand::Delivery { deliveries } => {
+                bench_lifecycle::delivery(&config, deliveries).await
+            }
         },
         Command::Score { paths, diets, lang } => {
             let all_ok = score::run(&config, &paths, &diets, &lang).await?;

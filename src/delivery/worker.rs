@@ -1,12 +1,17 @@
 //! Delivery workers: claim due deliveries from the outbox, sign and POST them, and record
 //! each attempt and what comes next (delivered, retry later, or give up).
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use entity::{delivery, webhook_endpoint};
-use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
+use tokio::{
+    sync::{mpsc, oneshot, Semaphore},
+    task::JoinSet,
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::{
     schedule::{parse_retry_after, RetrySchedule},
@@ -15,7 +20,7 @@ use super::{
 use crate::{
     outbound::{FetchError, GuardedClient},
     store::{
-        deliveries::{self, AttemptRecord, DeliveryLease, NextStep},
+        deliveries::{self, AttemptOutcome, AttemptRecord, DeliveryLease, NextStep},
         endpoints::{self, EndpointHealth},
         partners,
         wakeups::{Wakeups, Work},
@@ -70,6 +75,8 @@ impl DeliveryWorker {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut in_flight = JoinSet::new();
+        let (recorder, outcomes) = mpsc::channel(self.settings.concurrency.max(1));
+        let recording = tokio::spawn(record_outcomes(self.db.clone(), outcomes));
         let mut last_rescue = Instant::now() - self.settings.lease;
         while !shutdown.is_cancelled() {
             while in_flight.try_join_next().is_some() {}
@@ -95,6 +102,7 @@ impl DeliveryWorker {
                     }
                 };
             let idle = claimed.is_empty();
+            let endpoints = self.endpoints_of(&claimed).await;
             let mut permit = Some(permit);
             for lease in claimed {
                 let permit = match permit.take() {
@@ -102,9 +110,15 @@ impl DeliveryWorker {
                     None => slots.clone().acquire_owned().await.expect("never closed"),
                 };
                 let worker = self.clone();
+                let endpoint = lease
+                    .delivery
+                    .endpoint_id
+                    .and_then(|id| endpoints.get(&id).cloned());
+                let recorder = recorder.clone();
                 in_flight.spawn(async move {
-                    if let Err(err) = worker.deliver(&lease).await {
-                        tracing::warn!(delivery_id = %lease.delivery.id, error = %err, "recording a delivery failed; its lease will expire and it be retried");
+                    let id = lease.delivery.id;
+                    if let Err(err) = worker.deliver(lease, endpoint, recorder).await {
+                        tracing::warn!(delivery_id = %id, error = %err, "recording a delivery failed; its lease will expire and it be retried");
                     }
                     drop(permit);
                 });
@@ -118,37 +132,63 @@ impl DeliveryWorker {
             }
         }
         while in_flight.join_next().await.is_some() {}
+        drop(recorder);
+        let _ = recording.await;
     }
 
-    /// One attempt of one delivery.
-    async fn deliver(&self, lease: &DeliveryLease) -> Result<(), StoreError> {
-        let delivery = &lease.delivery;
+    /// The endpoints of a claimed batch, in one query.
+    async fn endpoints_of(
+        &self,
+        claimed: &[DeliveryLease],
+    ) -> HashMap<Uuid, webhook_endpoint::Model> {
+        let ids: Vec<Uuid> = claimed
+            .iter()
+            .filter_map(|l| l.delivery.endpoint_id)
+            .collect();
+        match endpoints::find_many(&self.db, &ids).await {
+            Ok(found) => found.into_iter().map(|e| (e.id, e)).collect(),
+            Err(err) => {
+                tracing::warn!(error = %err, "loading endpoints failed");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// One attempt of one delivery. A delivery to an endpoint that could not be loaded
+    /// (deleted meanwhile, or a database error) is left to its lease.
+    async fn deliver(
+        &self,
+        lease: DeliveryLease,
+        endpoint: Option<webhook_endpoint::Model>,
+        recorder: mpsc::Sender<(AttemptOutcome, oneshot::Sender<bool>)>,
+    ) -> Result<(), StoreError> {
         let now = Utc::now();
-        let endpoint = match delivery.endpoint_id {
-            Some(id) => endpoints::find(&self.db, id).await?,
-            None => None,
-        };
+        if lease.delivery.endpoint_id.is_some() && endpoint.is_none() {
+            return Err(StoreError::Setup(
+                "the delivery's endpoint is missing".into(),
+            ));
+        }
         if let Some(endpoint) = endpoint.as_ref().filter(|e| !endpoints::is_active(e)) {
             let reason = if endpoint.deleted_at.is_some() {
                 "the endpoint was deleted"
             } else {
                 "the endpoint is disabled"
             };
-            deliveries::record_attempt(
-                &self.db,
+            let outcome = AttemptOutcome {
                 lease,
-                None,
-                NextStep::GiveUp,
-                Some(reason.into()),
-                now,
-            )
-            .await?;
+                attempt: None,
+                next: NextStep::GiveUp,
+                reason: Some(reason.into()),
+            };
+            record(&recorder, outcome).await?;
             return Ok(());
         }
-        let secrets = self.secrets(delivery, endpoint.as_ref(), now).await?;
-        let (attempt, verdict) = self.send(delivery, &secrets).await;
+        let secrets = self
+            .secrets(&lease.delivery, endpoint.as_ref(), now)
+            .await?;
+        let (attempt, verdict) = self.send(&lease.delivery, &secrets).await;
 
-        let attempts_made = delivery.attempts as usize + 1;
+        let attempts_made = lease.delivery.attempts as usize + 1;
         let next = match verdict {
             Verdict::Delivered => NextStep::Delivered,
             Verdict::Gone => NextStep::GiveUp,
@@ -163,16 +203,29 @@ impl DeliveryWorker {
             Verdict::Gone => EndpointHealth::Gone,
             Verdict::Failed { .. } => EndpointHealth::Failed,
         };
-        let reason = matches!(verdict, Verdict::Gone)
-            .then(|| "the receiver answered 410 Gone; the endpoint is disabled".to_string());
-        tracing::debug!(delivery_id = %delivery.id, status = ?attempt.status_code, ?next, "delivery attempt");
-        if !deliveries::record_attempt(&self.db, lease, Some(attempt), next, reason, Utc::now())
-            .await?
-        {
-            tracing::warn!(delivery_id = %delivery.id, "the delivery's lease expired during the attempt");
+        let reason =
+            matches!(verdict, Verdict::Gone).then(|| "the receiver answered 410 Gone".to_string());
+        let id = lease.delivery.id;
+        tracing::debug!(delivery_id = %id, status = ?attempt.status_code, ?next, "delivery attempt");
+        let outcome = AttemptOutcome {
+            lease,
+            attempt: Some(attempt),
+            next,
+            reason,
+        };
+        if !record(&recorder, outcome).await? {
+            tracing::warn!(delivery_id = %id, "the delivery's lease expired during the attempt");
         }
+        // Only changes are written: a healthy endpoint's success costs no write.
         if let Some(endpoint) = endpoint {
-            endpoints::record_health(&self.db, endpoint.id, health, Utc::now()).await?;
+            let changes = match health {
+                EndpointHealth::Succeeded => endpoint.failing_since.is_some(),
+                EndpointHealth::Failed => endpoint.failing_since.is_none(),
+                EndpointHealth::Gone => true,
+            };
+            if changes {
+                endpoints::record_health(&self.db, endpoint.id, health, Utc::now()).await?;
+            }
         }
         Ok(())
     }
@@ -284,6 +337,48 @@ impl DeliveryWorker {
         };
         record.latency_ms = started.elapsed().as_millis() as i64;
         (record, verdict)
+    }
+}
+
+/// Hands an outcome to the recorder and waits until it is committed; true if the lease
+/// was still held.
+async fn record(
+    recorder: &mpsc::Sender<(AttemptOutcome, oneshot::Sender<bool>)>,
+    outcome: AttemptOutcome,
+) -> Result<bool, StoreError> {
+    let (done, committed) = oneshot::channel();
+    recorder
+        .send((outcome, done))
+        .await
+        .map_err(|_| StoreError::Setup("the delivery recorder stopped".into()))?;
+    committed
+        .await
+        .map_err(|_| StoreError::Setup("recording the delivery failed".into()))
+}
+
+/// Most outcomes waiting per commit.
+const RECORD_BATCH: usize = 256;
+
+/// Commits outcomes as they come: whatever has queued up while the last commit ran goes
+/// into the next one. Ends when every sender is gone.
+async fn record_outcomes(
+    db: Db,
+    mut outcomes: mpsc::Receiver<(AttemptOutcome, oneshot::Sender<bool>)>,
+) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let (pending, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+        match deliveries::record_attempts(&db, &pending, Utc::now()).await {
+            Ok(held) => {
+                for (reply, held) in replies.into_iter().zip(held) {
+                    let _ = reply.send(held);
+                }
+            }
+            // Dropping the replies reports the failure; the leases will expire.
+            Err(err) => {
+                tracing::warn!(error = %err, outcomes = pending.len(), "recording delivery attempts failed")
+            }
+        }
     }
 }
 

@@ -8,7 +8,7 @@ pub mod reconcile;
 
 use std::{str::FromStr, sync::Arc};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use croner::{parser::CronParser, Cron};
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
@@ -40,8 +40,10 @@ impl Schedule {
         Ok(Self { cron, timezone })
     }
 
-    /// The first slot strictly after `after`.
+    /// The first slot strictly after `after`, in whole seconds (so every node computes the
+    /// same instant for a slot, which is what makes the slot row unique).
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let after = after.with_nanosecond(0)?;
         self.cron
             .find_next_occurrence(&after.with_timezone(&self.timezone), false)
             .ok()
@@ -137,6 +139,20 @@ mod tests {
         assert_eq!(
             schedule.next_after(utc("2026-10-25T02:00:00Z")),
             Some(utc("2026-10-26T02:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn slots_are_whole_seconds_whatever_the_clock_says() {
+        let every_second = Schedule::parse("* * * * * *", "UTC").unwrap();
+        assert_eq!(
+            every_second.next_after(utc("2026-11-23T16:22:15.397Z")),
+            Some(utc("2026-11-23T16:22:16Z"))
+        );
+        let daily = Schedule::parse("0 0 3 * * *", "UTC").unwrap();
+        assert_eq!(
+            daily.next_after(utc("2026-11-23T03:00:00.250Z")),
+            Some(utc("2026-11-24T03:00:00Z"))
         );
     }
 

@@ -155,23 +155,116 @@ pub enum NextStep {
     GiveUp,
 }
 
-/// Records an attempt and the delivery's next step, if the lease is still ours (false if not,
-/// and then nothing is written). `attempt` is None when nothing was sent (a disabled endpoint).
-pub async fn record_attempt(
+/// One delivery's attempt and what comes next. `attempt` is None when nothing was sent
+/// (a disabled or deleted endpoint).
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    pub lease: DeliveryLease,
+    pub attempt: Option<AttemptRecord>,
+    pub next: NextStep,
+    /// Why it failed, when not the attempt's own error.
+    pub reason: Option<String>,
+}
+
+/// Records many outcomes in one transaction (a group commit: under load, one commit
+/// serves many deliveries). Each is written only if its lease is still held; the result
+/// says, per outcome, whether it was.
+pub async fn record_attempts(
     db: &Db,
-    lease: &DeliveryLease,
-    attempt: Option<AttemptRecord>,
-    next: NextStep,
-    reason: Option<String>,
+    outcomes: &[AttemptOutcome],
     now: DateTime<Utc>,
-) -> Result<bool, StoreError> {
+) -> Result<Vec<bool>, StoreError> {
+    // Outcomes that set the same values share one UPDATE: typically every delivery that
+    // got a 200 since the last commit.
+    let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+    for (i, outcome) in outcomes.iter().enumerate() {
+        match groups
+            .iter_mut()
+            .find(|(first, _)| same_columns(&outcomes[*first], outcome))
+        {
+            Some((_, members)) => members.push(i),
+            None => groups.push((i, vec![i])),
+        }
+    }
     let txn = db.writer().begin().await?;
-    let (status, next_attempt_at, delivered_at) = match next {
+    let mut held = vec![false; outcomes.len()];
+    for (first, members) in &groups {
+        let template = &outcomes[*first];
+        let held_rows = outcome_update(template, now)
+            .filter(members.iter().fold(sea_orm::Condition::any(), |any, &i| {
+                any.add(
+                    sea_orm::Condition::all()
+                        .add(delivery::Column::Id.eq(outcomes[i].lease.delivery.id))
+                        .add(delivery::Column::LeaseToken.eq(outcomes[i].lease.token)),
+                )
+            }))
+            .filter(delivery::Column::Status.eq(DeliveryStatus::Sending))
+            .exec_with_returning(&txn)
+            .await?;
+        for row in held_rows {
+            if let Some(&i) = members
+                .iter()
+                .find(|&&i| outcomes[i].lease.delivery.id == row.id)
+            {
+                held[i] = true;
+            }
+        }
+    }
+    let attempts: Vec<delivery_attempt::ActiveModel> = outcomes
+        .iter()
+        .zip(&held)
+        .filter(|(_, held)| **held)
+        .filter_map(|(o, _)| {
+            let a = o.attempt.clone()?;
+            Some(delivery_attempt::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                delivery_id: Set(o.lease.delivery.id),
+                attempted_at: Set(a.attempted_at),
+                status_code: Set(a.status_code.map(i32::from)),
+                latency_ms: Set(a.latency_ms),
+                error: Set(a.error),
+                response_body: Set(a.response_body),
+            })
+        })
+        .collect();
+    if !attempts.is_empty() {
+        delivery_attempt::Entity::insert_many(attempts)
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await?;
+    Ok(held)
+}
+
+/// Whether two outcomes write the same values (and so can share an UPDATE).
+fn same_columns(a: &AttemptOutcome, b: &AttemptOutcome) -> bool {
+    let code = |o: &AttemptOutcome| o.attempt.as_ref().map(|a| a.status_code);
+    a.next == b.next
+        && a.attempt.is_some() == b.attempt.is_some()
+        && code(a) == code(b)
+        && last_error(a) == last_error(b)
+}
+
+fn last_error(outcome: &AttemptOutcome) -> Option<String> {
+    if outcome.next == NextStep::Delivered {
+        return None;
+    }
+    outcome
+        .reason
+        .clone()
+        .or_else(|| outcome.attempt.as_ref().and_then(|a| a.error.clone()))
+}
+
+/// The UPDATE that records an outcome, without its row filter.
+fn outcome_update(
+    outcome: &AttemptOutcome,
+    now: DateTime<Utc>,
+) -> sea_orm::UpdateMany<delivery::Entity> {
+    let (status, next_attempt_at, delivered_at) = match outcome.next {
         NextStep::Delivered => (DeliveryStatus::Delivered, None, Some(now)),
         NextStep::RetryAt(at) => (DeliveryStatus::Pending, Some(at), None),
         NextStep::GiveUp => (DeliveryStatus::Failed, None, None),
     };
-    let sent = attempt.is_some();
     let mut update = delivery::Entity::update_many()
         .col_expr(delivery::Column::Status, Expr::value(status))
         .col_expr(
@@ -187,53 +280,23 @@ pub async fn record_attempt(
             delivery::Column::LeaseExpiresAt,
             Expr::value(Option::<DateTime<Utc>>::None),
         )
-        .col_expr(delivery::Column::UpdatedAt, Expr::value(now));
-    if sent {
-        update = update.col_expr(
-            delivery::Column::Attempts,
-            Expr::col(delivery::Column::Attempts).add(1),
-        );
-    }
-    if let Some(a) = &attempt {
-        update = update.col_expr(
-            delivery::Column::LastStatusCode,
-            Expr::value(a.status_code.map(i32::from)),
-        );
-    }
-    let last_error = reason.or_else(|| attempt.as_ref().and_then(|a| a.error.clone()));
-    if next != NextStep::Delivered {
-        update = update.col_expr(delivery::Column::LastError, Expr::value(last_error));
-    } else {
-        update = update.col_expr(
+        .col_expr(
             delivery::Column::LastError,
-            Expr::value(Option::<String>::None),
-        );
+            Expr::value(last_error(outcome)),
+        )
+        .col_expr(delivery::Column::UpdatedAt, Expr::value(now));
+    if let Some(attempt) = &outcome.attempt {
+        update = update
+            .col_expr(
+                delivery::Column::Attempts,
+                Expr::col(delivery::Column::Attempts).add(1),
+            )
+            .col_expr(
+                delivery::Column::LastStatusCode,
+                Expr::value(attempt.status_code.map(i32::from)),
+            );
     }
-    let updated = update
-        .filter(delivery::Column::Id.eq(lease.delivery.id))
-        .filter(delivery::Column::Status.eq(DeliveryStatus::Sending))
-        .filter(delivery::Column::LeaseToken.eq(lease.token))
-        .exec(&txn)
-        .await?;
-    if updated.rows_affected != 1 {
-        txn.rollback().await?;
-        return Ok(false);
-    }
-    if let Some(a) = attempt {
-        delivery_attempt::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            delivery_id: Set(lease.delivery.id),
-            attempted_at: Set(a.attempted_at),
-            status_code: Set(a.status_code.map(i32::from)),
-            latency_ms: Set(a.latency_ms),
-            error: Set(a.error),
-            response_body: Set(a.response_body),
-        }
-        .insert(&txn)
-        .await?;
-    }
-    txn.commit().await?;
-    Ok(true)
+    update
 }
 
 /// A job's deliveries, oldest first, each with its attempts (oldest first).
@@ -326,7 +389,7 @@ pub async fn rescue_expired(db: &Db, now: DateTime<Utc>) -> Result<u64, StoreErr
 
 /// Reconciliation: deliveries that are neither delivered nor scheduled (they ran out of
 /// retries, or lost their worker) start a fresh schedule, unless their endpoint is disabled
-/// or deleted. Returns how many.
+/// or deleted, or their receiver answered 410 Gone. Returns how many.
 pub async fn reschedule_undelivered(db: &Db, now: DateTime<Utc>) -> Result<u64, StoreError> {
     let inactive_endpoints = webhook_endpoint::Entity::find()
         .select_only()
@@ -371,6 +434,13 @@ pub async fn reschedule_undelivered(db: &Db, now: DateTime<Utc>) -> Result<u64, 
             sea_orm::Condition::any()
                 .add(delivery::Column::EndpointId.is_null())
                 .add(delivery::Column::EndpointId.not_in_subquery(inactive_endpoints)),
+        )
+        // A receiver that answered 410 Gone asked us to stop (per-job URLs have no
+        // endpoint to disable).
+        .filter(
+            sea_orm::Condition::any()
+                .add(delivery::Column::LastStatusCode.is_null())
+                .add(delivery::Column::LastStatusCode.ne(410)),
         )
         .exec(db.writer())
         .await?;

@@ -51,6 +51,17 @@ pub async fn find(db: &Db, id: Uuid) -> Result<Option<webhook_endpoint::Model>, 
         .await?)
 }
 
+/// Several endpoints by id, deleted or not.
+pub async fn find_many(db: &Db, ids: &[Uuid]) -> Result<Vec<webhook_endpoint::Model>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(webhook_endpoint::Entity::find()
+        .filter(webhook_endpoint::Column::Id.is_in(ids.iter().copied()))
+        .all(db.reader())
+        .await?)
+}
+
 /// Soft-deletes; false when the partner has no such endpoint.
 pub async fn delete(db: &Db, partner_id: Uuid, id: Uuid) -> Result<bool, StoreError> {
     let now = Utc::now();

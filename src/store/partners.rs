@@ -104,6 +104,13 @@ pub async fn authenticate(
 /// The partner's signing secret for per-job webhook URLs. `candidate` is stored if the
 /// partner has none yet; concurrent callers all get the one that was stored first.
 pub async fn webhook_secret(db: &Db, id: Uuid, candidate: String) -> Result<String, StoreError> {
+    let existing = partner::Entity::find_by_id(id)
+        .one(db.reader())
+        .await?
+        .and_then(|p| p.webhook_secret);
+    if let Some(secret) = existing {
+        return Ok(secret);
+    }
     partner::Entity::update_many()
         .col_expr(partner::Column::WebhookSecret, Expr::value(candidate))
         .filter(partner::Column::Id.eq(id))

@@ -296,3 +296,46 @@ async fn reconciliation_fixes_seeded_stale_states_once_per_slot() {
     crate::helpers::assert_problem(response, 403, "admin_required").await;
     let _ = json!({});
 }
+
+#[tokio::test]
+async fn the_schedule_fires_and_each_slot_runs_on_one_node_only() {
+    // Two worker nodes on one database, both scheduling every second.
+    let every_second = |config: &mut platescore::config::Config| {
+        config.reconcile_cron = "* * * * * *".into();
+    };
+    let app = TestApp::spawn_with(crate::helpers::TestOptions::with_workers(every_second)).await;
+    let mut second = app.config.clone();
+    every_second(&mut second);
+    let other = platescore::startup::Application::build(&second, platescore::startup::Role::Worker)
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(other.run_until(stop.clone()));
+
+    let admin = app.new_admin("ops").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let runs = loop {
+        let runs = app.get_json(&admin, "/admin/reconcile-runs").await["runs"]
+            .as_array()
+            .unwrap()
+            .clone();
+        if runs.len() >= 3 {
+            break runs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the schedule never fired: {runs:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    let mut slots: Vec<&str> = runs.iter().map(|r| r["slot"].as_str().unwrap()).collect();
+    assert!(runs.iter().all(|r| r["trigger"] == "schedule"));
+    // Slots are whole seconds of the schedule, and none ran twice.
+    assert!(slots.iter().all(|s| s.ends_with(".000Z")), "{slots:?}");
+    let total = slots.len();
+    slots.sort_unstable();
+    slots.dedup();
+    assert_eq!(slots.len(), total);
+}

@@ -79,6 +79,10 @@ impl OrtRuntime {
             .map_err(|e| load(e.into()))?
             .with_intra_threads(settings.threads.max(1))
             .map_err(|e| load(e.into()))?
+            // Idle intra-op threads sleep instead of spinning: in a service the cores they
+            // would burn decode images, serve HTTP and write the database.
+            .with_intra_op_spinning(false)
+            .map_err(|e| load(e.into()))?
             .with_execution_providers(providers)
             .map_err(|e| load(e.into()))?
             .commit_from_file(model)

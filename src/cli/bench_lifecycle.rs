@@ -1,0 +1,393 @@
+//! `platescore bench pipeline` and `bench delivery`: the whole lifecycle on this machine,
+//! in-process, with a webhook receiver on loopback. Not tests; the figures go into
+//! docs/benchmarks.md.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use poem::{
+    handler,
+    listener::{Acceptor, Listener, TcpListener},
+    post,
+    web::{Data, Json},
+    EndpointExt, Route, Server,
+};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    api,
+    config::Config,
+    inference::Scorer,
+    startup::{Application, Role},
+    store::{
+        endpoints,
+        jobs::{self, InsertOutcome, NewJob, NewJobImage},
+        partners,
+        queue::{self, Outcome},
+        Db,
+    },
+};
+
+/// Webhook arrivals by job id, as the receiver saw them.
+#[derive(Default)]
+struct Arrivals {
+    at: Mutex<HashMap<String, Instant>>,
+    count: Mutex<usize>,
+    changed: Notify,
+}
+
+impl Arrivals {
+    async fn wait_for(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        let wait = async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if *self.count.lock().unwrap() >= n {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.map_err(|_| {
+            anyhow::anyhow!(
+                "only {} of {n} webhooks arrived",
+                *self.count.lock().unwrap()
+            )
+        })
+    }
+}
+
+#[handler]
+async fn receive(arrivals: Data<&Arc<Arrivals>>, body: Json<serde_json::Value>) -> &'static str {
+    let now = Instant::now();
+    if let Some(id) = body["job_id"].as_str() {
+        arrivals
+            .at
+            .lock()
+            .unwrap()
+            .entry(id.to_string())
+            .or_insert(now);
+    }
+    *arrivals.count.lock().unwrap() += 1;
+    arrivals.changed.notify_waiters();
+    "ok"
+}
+
+async fn start_receiver(arrivals: Arc<Arrivals>) -> anyhow::Result<SocketAddr> {
+    let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await?;
+    let addr = *acceptor.local_addr()[0]
+        .as_socket_addr()
+        .ok_or_else(|| anyhow::anyhow!("no address"))?;
+    tokio::spawn(
+        Server::new_with_acceptor(acceptor)
+            .run(Route::new().at("/hook", post(receive)).data(arrivals)),
+    );
+    Ok(addr)
+}
+
+/// A node with workers on a fresh data folder (the configured database if one was given),
+/// a partner, and an endpoint pointing at a new receiver.
+struct Bench {
+    base: String,
+    key: String,
+    db: Db,
+    arrivals: Arc<Arrivals>,
+    partner_id: Uuid,
+    shutdown: CancellationToken,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    app: Option<Application>,
+    /// A scratch data folder, removed by [`Bench::stop`].
+    dir: PathBuf,
+}
+
+impl Bench {
+    async fn start(config: &Config) -> anyhow::Result<Self> {
+        let mut bench = Self::build(config).await?;
+        bench.run();
+        Ok(bench)
+    }
+
+    /// Everything but the node's workers and listener, which [`Bench::run`] starts.
+    async fn build(config: &Config) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("platescore-bench-{}", Uuid::new_v4()));
+        let mut config = config.clone();
+        config.data_dir = dir.clone();
+        config.listen = "127.0.0.1:0".into();
+        config.outbound_allow_cidrs = "127.0.0.0/8".into();
+        config.object_store = None;
+        let app = Application::build(&config, Role::All).await?;
+        let db = app.db().clone();
+        let (partner, key) = partners::create(&db, "bench", false).await?;
+        let arrivals = Arc::new(Arrivals::default());
+        let receiver = start_receiver(arrivals.clone()).await?;
+        endpoints::create(
+            &db,
+            partner.id,
+            format!("http://{receiver}/hook"),
+            None,
+            crate::delivery::signing::WebhookSecret::generate().expose(),
+        )
+        .await?;
+        Ok(Self {
+            base: format!("http://{}", app.addr()),
+            key: key.expose().to_string(),
+            db,
+            arrivals,
+            partner_id: partner.id,
+            shutdown: CancellationToken::new(),
+            running: None,
+            app: Some(app),
+            dir,
+        })
+    }
+
+    fn run(&mut self) {
+        if let Some(app) = self.app.take() {
+            self.running = Some(tokio::spawn(app.run_until(self.shutdown.clone())));
+        }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        if let Some(running) = self.running {
+            running.await??;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+}
+
+fn photos(paths: &[PathBuf]) -> anyhow::Result<Vec<Bytes>> {
+    let mut found = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                let p = entry?.path();
+                if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg")) {
+                    found.push(Bytes::from(std::fs::read(p)?));
+                }
+            }
+        } else {
+            found.push(Bytes::from(std::fs::read(path)?));
+        }
+    }
+    anyhow::ensure!(!found.is_empty(), "no .jpg photos found");
+    Ok(found)
+}
+
+/// Distinct bytes per job (a JPEG ignores what follows its end marker), so no job reuses
+/// another's result.
+fn salted(photo: &Bytes, i: usize) -> Bytes {
+    let mut bytes = photo.to_vec();
+    bytes.extend_from_slice(format!("bench {i} {}", Uuid::new_v4()).as_bytes());
+    Bytes::from(bytes)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+const BOUNDARY: &str = "platescore-bench-boundary";
+
+/// A `multipart/form-data` body with one `image` part.
+fn upload_body(image: &[u8]) -> Vec<u8> {
+    let mut body = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"meal.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(image);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+async fn enqueue(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    image: Bytes,
+) -> anyhow::Result<String> {
+    let response = client
+        .post(format!("{base}/enqueue"))
+        .bearer_auth(key)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(upload_body(&image))
+        .send()
+        .await?;
+    anyhow::ensure!(response.status() == 202, "enqueue: {}", response.status());
+    let job: serde_json::Value = response.json().await?;
+    Ok(job["job_id"].as_str().unwrap_or_default().to_string())
+}
+
+/// End to end against preprocessing plus inference alone, then latency at half load.
+pub async fn pipeline(config: &Config, images: &[PathBuf], jobs: usize) -> anyhow::Result<()> {
+    let photos = photos(images)?;
+
+    // 1. Preprocessing + inference alone: the scorer, as many callers as the workers use.
+    let (raw_rate, concurrency) = {
+        let scorer = Arc::new(Scorer::load(&config.scorer_settings(), None)?);
+        let concurrency = config.worker_settings(&scorer).concurrency;
+        let inputs: Vec<Bytes> = (0..jobs)
+            .map(|i| photos[i % photos.len()].clone())
+            .collect();
+        scorer.score(inputs[0].clone(), &[], "en").await?; // warm-up
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for bytes in inputs {
+            let permit = slots.clone().acquire_owned().await?;
+            let scorer = scorer.clone();
+            tasks.push(tokio::spawn(async move {
+                let scored = scorer.score(bytes, &[], "en").await;
+                drop(permit);
+                scored.is_ok()
+            }));
+        }
+        for task in tasks {
+            anyhow::ensure!(task.await?, "scoring failed");
+        }
+        (jobs as f64 / started.elapsed().as_secs_f64(), concurrency)
+    };
+    println!("preprocess + inference alone ({concurrency} in flight): {raw_rate:.1} img/s");
+
+    // 2. Saturation: enqueue every job at once; time until the last webhook.
+    let bench = Bench::start(config).await?;
+    let client = reqwest::Client::new();
+    enqueue(
+        &client,
+        &bench.base,
+        &bench.key,
+        salted(&photos[0], usize::MAX),
+    )
+    .await?;
+    bench.arrivals.wait_for(1, Duration::from_secs(60)).await?;
+    let bodies: Vec<Bytes> = (0..jobs)
+        .map(|i| salted(&photos[i % photos.len()], i))
+        .collect();
+    let started = Instant::now();
+    let uploads = Arc::new(Semaphore::new(8));
+    let mut tasks = Vec::new();
+    for body in bodies {
+        let permit = uploads.clone().acquire_owned().await?;
+        let (client, base, key) = (client.clone(), bench.base.clone(), bench.key.clone());
+        tasks.push(tokio::spawn(async move {
+            let ok = enqueue(&client, &base, &key, body).await.is_ok();
+            drop(permit);
+            ok
+        }));
+    }
+    for task in tasks {
+        anyhow::ensure!(task.await?, "an enqueue failed");
+    }
+    bench
+        .arrivals
+        .wait_for(jobs + 1, Duration::from_secs(3600))
+        .await?;
+    let saturated = jobs as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "end to end at saturation ({jobs} jobs, enqueue → webhook): {saturated:.1} jobs/s = {:.2} × preprocess + inference alone",
+        saturated / raw_rate
+    );
+
+    // 3. Half of that, open loop: a job every 1/rate seconds, latency to its webhook.
+    let rate = saturated / 2.0;
+    let half_jobs = jobs.max(20);
+    let mut sent: Vec<(Instant, tokio::task::JoinHandle<anyhow::Result<String>>)> = Vec::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let bench = Arc::new(bench);
+    let already = *bench.arrivals.count.lock().unwrap();
+    for i in 0..half_jobs {
+        ticker.tick().await;
+        let body = salted(&photos[i % photos.len()], jobs + i);
+        let (client, base, key) = (client.clone(), bench.base.clone(), bench.key.clone());
+        let at = Instant::now();
+        sent.push((
+            at,
+            tokio::spawn(async move { enqueue(&client, &base, &key, body).await }),
+        ));
+    }
+    let mut started_at = HashMap::new();
+    for (at, task) in sent {
+        started_at.insert(task.await??, at);
+    }
+    bench
+        .arrivals
+        .wait_for(already + half_jobs, Duration::from_secs(600))
+        .await?;
+    let mut latencies: Vec<f64> = {
+        let arrived = bench.arrivals.at.lock().unwrap();
+        started_at
+            .iter()
+            .filter_map(|(id, at)| arrived.get(id).map(|t| (*t - *at).as_secs_f64() * 1000.0))
+            .collect()
+    };
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "at half load ({rate:.1} jobs/s, {half_jobs} jobs): enqueue → webhook p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.95),
+        percentile(&latencies, 0.99)
+    );
+    let bench = Arc::try_unwrap(bench).map_err(|_| anyhow::anyhow!("bench still shared"))?;
+    bench.stop().await
+}
+
+/// Webhook delivery alone: the outbox rows of `count` finished jobs are written first, then
+/// the node starts and its delivery workers drain them to a loopback receiver.
+pub async fn delivery(config: &Config, count: usize) -> anyhow::Result<()> {
+    let mut bench = Bench::build(config).await?;
+    let render = api::webhook_payload_renderer();
+    let lease = Duration::from_secs(3600);
+    let mut seeded = 0;
+    while seeded < count {
+        for i in seeded..count.min(seeded + 500) {
+            let created = jobs::insert(
+                &bench.db,
+                NewJob {
+                    partner_id: bench.partner_id,
+                    image: NewJobImage::Url(format!("https://example.com/{i}.jpg")),
+                    webhook_url: None,
+                    metadata: None,
+                    model_id: None,
+                    idempotency_key: None,
+                    request_fingerprint: format!("{i:064}"),
+                },
+            )
+            .await?;
+            anyhow::ensure!(matches!(created, InsertOutcome::Created(_)));
+        }
+        for lease in queue::claim(&bench.db, chrono::Utc::now(), 500, lease).await? {
+            let failed = Outcome::Failed {
+                code: "bench".into(),
+                message: "seeded for the delivery benchmark".into(),
+                processing_time_ms: 0,
+            };
+            queue::finish(&bench.db, &lease, chrono::Utc::now(), failed, &render).await?;
+            seeded += 1;
+        }
+    }
+    let started = Instant::now();
+    bench.run();
+    bench
+        .arrivals
+        .wait_for(count, Duration::from_secs(3600))
+        .await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "webhook delivery alone: {count} deliveries in {elapsed:.2} s = {:.0} deliveries/s",
+        count as f64 / elapsed
+    );
+    bench.stop().await
+}
