@@ -31,39 +31,50 @@ pub fn event_type(job: &job::Model) -> &'static str {
     }
 }
 
-/// Writes one pending delivery per destination of a finished job: its `webhook_url`, or
-/// else every active endpoint of its partner. Returns how many.
-pub(super) async fn enqueue_for_job<C: ConnectionTrait>(
+/// Where a finished job goes: (endpoint, url) pairs.
+pub(super) type Destinations = Vec<(Option<Uuid>, String)>;
+
+/// The active endpoints of a partner, as destinations.
+pub(super) async fn partner_destinations<C: ConnectionTrait>(
     conn: &C,
+    partner_id: Uuid,
+) -> Result<Destinations, StoreError> {
+    Ok(webhook_endpoint::Entity::find()
+        .filter(webhook_endpoint::Column::PartnerId.eq(partner_id))
+        .filter(webhook_endpoint::Column::DisabledAt.is_null())
+        .filter(webhook_endpoint::Column::DeletedAt.is_null())
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|e| (Some(e.id), e.url))
+        .collect())
+}
+
+/// One pending delivery per destination of a finished job: its `webhook_url`, or else the
+/// partner's active endpoints (`endpoints`).
+pub(super) fn rows_for_job(
     job: &job::Model,
+    endpoints: &Destinations,
     render: &PayloadRenderer,
     now: DateTime<Utc>,
-) -> Result<usize, StoreError> {
-    let destinations: Vec<(Option<Uuid>, String)> = match &job.webhook_url {
+) -> Vec<delivery::ActiveModel> {
+    let destinations = match &job.webhook_url {
         Some(url) => vec![(None, url.clone())],
-        None => webhook_endpoint::Entity::find()
-            .filter(webhook_endpoint::Column::PartnerId.eq(job.partner_id))
-            .filter(webhook_endpoint::Column::DisabledAt.is_null())
-            .filter(webhook_endpoint::Column::DeletedAt.is_null())
-            .all(conn)
-            .await?
-            .into_iter()
-            .map(|e| (Some(e.id), e.url))
-            .collect(),
+        None => endpoints.clone(),
     };
     if destinations.is_empty() {
-        return Ok(0);
+        return Vec::new();
     }
     let event = event_type(job);
     let payload = render(job, event);
-    let rows = destinations
-        .iter()
+    destinations
+        .into_iter()
         .map(|(endpoint_id, url)| delivery::ActiveModel {
             id: Set(Uuid::now_v7()),
             job_id: Set(job.id),
             partner_id: Set(job.partner_id),
-            endpoint_id: Set(*endpoint_id),
-            url: Set(url.clone()),
+            endpoint_id: Set(endpoint_id),
+            url: Set(url),
             event_type: Set(event.to_string()),
             payload: Set(payload.clone()),
             status: Set(DeliveryStatus::Pending),
@@ -76,9 +87,33 @@ pub(super) async fn enqueue_for_job<C: ConnectionTrait>(
             delivered_at: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
-        });
-    delivery::Entity::insert_many(rows).exec(conn).await?;
-    Ok(destinations.len())
+        })
+        .collect()
+}
+
+pub(super) async fn insert_rows<C: ConnectionTrait>(
+    conn: &C,
+    rows: Vec<delivery::ActiveModel>,
+) -> Result<usize, StoreError> {
+    let count = rows.len();
+    if count > 0 {
+        delivery::Entity::insert_many(rows).exec(conn).await?;
+    }
+    Ok(count)
+}
+
+/// Writes one pending delivery per destination of a finished job. Returns how many.
+pub(super) async fn enqueue_for_job<C: ConnectionTrait>(
+    conn: &C,
+    job: &job::Model,
+    render: &PayloadRenderer,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    let endpoints = match job.webhook_url {
+        Some(_) => Vec::new(),
+        None => partner_destinations(conn, job.partner_id).await?,
+    };
+    insert_rows(conn, rows_for_job(job, &endpoints, render, now)).await
 }
 
 /// A delivery held by a delivery worker.

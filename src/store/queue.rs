@@ -135,15 +135,62 @@ pub async fn finish(
     outcome: Outcome,
     render: &PayloadRenderer,
 ) -> Result<Option<usize>, StoreError> {
-    let is_final = !matches!(outcome, Outcome::Retry { .. });
-    let mut update = job::Entity::update_many()
+    let mut finished = finish_many(db, vec![(lease.clone(), outcome)], now, render).await?;
+    Ok(finished.pop().flatten())
+}
+
+/// [`finish`] for many jobs in one transaction (a group commit: under load one commit
+/// serves many jobs). Returns, per job in order, what `finish` would.
+pub async fn finish_many(
+    db: &Db,
+    outcomes: Vec<(Lease, Outcome)>,
+    now: DateTime<Utc>,
+    render: &PayloadRenderer,
+) -> Result<Vec<Option<usize>>, StoreError> {
+    let txn = db.writer().begin().await?;
+    let mut results = Vec::with_capacity(outcomes.len());
+    let mut rows = Vec::new();
+    let mut endpoints_of: std::collections::HashMap<Uuid, deliveries::Destinations> =
+        std::collections::HashMap::new();
+    for (lease, outcome) in outcomes {
+        let is_final = !matches!(outcome, Outcome::Retry { .. });
+        let updated = outcome_update(outcome, now)
+            .filter(held(&lease))
+            .exec_with_returning(&txn)
+            .await?;
+        let Some(job) = updated.into_iter().next() else {
+            results.push(None);
+            continue;
+        };
+        if !is_final {
+            results.push(Some(0));
+            continue;
+        }
+        if job.webhook_url.is_none() && !endpoints_of.contains_key(&job.partner_id) {
+            let found = deliveries::partner_destinations(&txn, job.partner_id).await?;
+            endpoints_of.insert(job.partner_id, found);
+        }
+        let empty = Vec::new();
+        let endpoints = endpoints_of.get(&job.partner_id).unwrap_or(&empty);
+        let job_rows = deliveries::rows_for_job(&job, endpoints, render, now);
+        results.push(Some(job_rows.len()));
+        rows.extend(job_rows);
+    }
+    deliveries::insert_rows(&txn, rows).await?;
+    txn.commit().await?;
+    Ok(results)
+}
+
+/// The UPDATE that records an outcome, without its row filter.
+fn outcome_update(outcome: Outcome, now: DateTime<Utc>) -> sea_orm::UpdateMany<job::Entity> {
+    let update = job::Entity::update_many()
         .col_expr(job::Column::UpdatedAt, Expr::value(now))
         .col_expr(job::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
         .col_expr(
             job::Column::LeaseExpiresAt,
             Expr::value(Option::<DateTime<Utc>>::None),
         );
-    update = match outcome {
+    match outcome {
         Outcome::Succeeded {
             result,
             model_version,
@@ -172,23 +219,7 @@ pub async fn finish(
             .col_expr(job::Column::RunAt, Expr::value(run_at))
             .col_expr(job::Column::ErrorCode, Expr::value(code))
             .col_expr(job::Column::ErrorMessage, Expr::value(message)),
-    };
-    let txn = db.writer().begin().await?;
-    let result = update.filter(held(lease)).exec(&txn).await?;
-    if result.rows_affected != 1 {
-        txn.rollback().await?;
-        return Ok(None);
     }
-    let mut written = 0;
-    if is_final {
-        let job = job::Entity::find_by_id(lease.job.id)
-            .one(&txn)
-            .await?
-            .ok_or_else(|| StoreError::Setup("finished job vanished".into()))?;
-        written = deliveries::enqueue_for_job(&txn, &job, render, now).await?;
-    }
-    txn.commit().await?;
-    Ok(Some(written))
 }
 
 /// Records the image a worker fetched for a URL job, under its lease.

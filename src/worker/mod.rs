@@ -10,7 +10,11 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
-use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
+use tokio::{
+    sync::{mpsc, oneshot, Semaphore},
+    task::JoinSet,
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -59,6 +63,12 @@ pub struct JobWorker {
     settings: WorkerSettings,
 }
 
+/// A job's outcome on its way to the recorder, with where to say whether it was written.
+type Finishing = (Lease, Outcome, oneshot::Sender<Option<usize>>);
+
+/// Most outcomes per commit.
+const RECORD_BATCH: usize = 64;
+
 /// What processing a job produced.
 struct Scored {
     result: serde_json::Value,
@@ -91,6 +101,8 @@ impl JobWorker {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut in_flight = JoinSet::new();
+        let (recorder, outcomes) = mpsc::channel(self.settings.concurrency.max(1));
+        let recording = tokio::spawn(self.clone().record_outcomes(outcomes));
         let release = CancellationToken::new();
         let mut last_rescue = Instant::now() - self.settings.lease;
         while !shutdown.is_cancelled() {
@@ -126,10 +138,11 @@ impl JobWorker {
                 };
                 let worker = self.clone();
                 let release = release.clone();
+                let recorder = recorder.clone();
                 let span = tracing::info_span!("job", job_id = %lease.job.id, partner_id = %lease.job.partner_id);
                 in_flight.spawn(
                     async move {
-                        worker.process(lease, release).await;
+                        worker.process(lease, release, recorder).await;
                         drop(permit);
                     }
                     .instrument(span),
@@ -157,28 +170,62 @@ impl JobWorker {
                 }
             }
         }
+        drop(recorder);
+        let _ = recording.await;
+    }
+
+    /// Commits outcomes as they come: whatever queued up while the last commit ran goes
+    /// into the next one. Ends when every sender is gone.
+    async fn record_outcomes(self: Arc<Self>, mut outcomes: mpsc::Receiver<Finishing>) {
+        let mut batch = Vec::with_capacity(RECORD_BATCH);
+        while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+            let (pending, replies): (Vec<_>, Vec<_>) =
+                batch.drain(..).map(|(l, o, r)| ((l, o), r)).unzip();
+            let count = pending.len();
+            match queue::finish_many(&self.db, pending, Utc::now(), &self.render).await {
+                Ok(results) => {
+                    if results.iter().any(|r| r.is_some_and(|n| n > 0)) {
+                        self.wakeups.announce(Work::Deliveries).await;
+                    }
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(result);
+                    }
+                }
+                // Dropping the replies reports the failure; the leases will expire.
+                Err(err) => {
+                    tracing::warn!(error = %err, jobs = count, "recording job outcomes failed; the leases will expire and the jobs be retried")
+                }
+            }
+        }
     }
 
     /// Works on one claimed job and records its outcome, heartbeating meanwhile. When
     /// `release` fires first, the job goes back to the queue untouched.
-    async fn process(&self, lease: Lease, release: CancellationToken) {
+    async fn process(
+        &self,
+        lease: Lease,
+        release: CancellationToken,
+        recorder: mpsc::Sender<Finishing>,
+    ) {
         let started = Instant::now();
-        let work = self.work(&lease);
-        tokio::pin!(work);
-        let mut heartbeat = tokio::time::interval(self.settings.lease / 3);
-        heartbeat.tick().await;
-        let worked = loop {
-            tokio::select! {
-                worked = &mut work => break Some(worked),
-                _ = release.cancelled() => break None,
-                _ = heartbeat.tick() => {
-                    match queue::heartbeat(&self.db, &lease, Utc::now(), self.settings.lease).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::warn!("lost the lease; another worker has the job");
-                            return;
+        let worked = {
+            let work = self.work(&lease);
+            tokio::pin!(work);
+            let mut heartbeat = tokio::time::interval(self.settings.lease / 3);
+            heartbeat.tick().await;
+            loop {
+                tokio::select! {
+                    worked = &mut work => break Some(worked),
+                    _ = release.cancelled() => break None,
+                    _ = heartbeat.tick() => {
+                        match queue::heartbeat(&self.db, &lease, Utc::now(), self.settings.lease).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::warn!("lost the lease; another worker has the job");
+                                return;
+                            }
+                            Err(err) => tracing::warn!(error = %err, "heartbeat failed"),
                         }
-                        Err(err) => tracing::warn!(error = %err, "heartbeat failed"),
                     }
                 }
             }
@@ -217,16 +264,17 @@ impl JobWorker {
                 }
             }
         };
-        match queue::finish(&self.db, &lease, now, outcome, &self.render).await {
-            Ok(Some(deliveries)) => {
-                if deliveries > 0 {
-                    self.wakeups.announce(Work::Deliveries).await;
-                }
-            }
+        let (done, recorded) = oneshot::channel();
+        if recorder.send((lease, outcome, done)).await.is_err() {
+            tracing::warn!("the outcome recorder stopped; the lease will expire");
+            return;
+        }
+        match recorded.await {
+            Ok(Some(_)) => {}
             Ok(None) => tracing::warn!("the lease expired before the job finished; result dropped"),
-            Err(err) => {
-                tracing::warn!(error = %err, "recording the outcome failed; the lease will expire and the job be retried")
-            }
+            Err(_) => tracing::warn!(
+                "recording the outcome failed; the lease will expire and the job be retried"
+            ),
         }
     }
 
