@@ -108,6 +108,8 @@ pub struct Config {
     pub poll_interval_ms: u64,
     /// On shutdown, how long in-flight jobs may finish before they are released to the queue.
     pub shutdown_grace_seconds: u64,
+    /// On shutdown, how long readiness reports `draining` while requests are still served.
+    pub shutdown_drain_ms: u64,
     /// Timeout of one webhook attempt.
     pub webhook_timeout_ms: u64,
     /// Delays between webhook attempts: comma-separated, with units ms, s, m, h.
@@ -173,6 +175,7 @@ impl Default for Config {
             job_retry_delay_ms: 10_000,
             poll_interval_ms: 1_000,
             shutdown_grace_seconds: 20,
+            shutdown_drain_ms: 3_000,
             webhook_timeout_ms: 15_000,
             webhook_retry_schedule: "5s,5m,30m,2h,5h,10h,10h".into(),
             webhook_retry_jitter: 0.2,
@@ -290,8 +293,9 @@ impl Config {
         Ok(DeliverySettings {
             schedule: self.retry_schedule()?,
             concurrency: self.webhook_concurrency,
-            // An attempt ends within its timeout; the margin covers recording it.
-            lease: Duration::from_millis(self.webhook_timeout_ms + 5_000),
+            // An attempt ends within its timeout; the rest covers loading its endpoint,
+            // waiting for the group commit, and clock skew between nodes.
+            lease: Duration::from_millis(self.webhook_timeout_ms * 2 + 10_000),
             poll_interval: Duration::from_millis(self.poll_interval_ms),
         })
     }

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     imaging::{self, HeaderError},
+    inference::DietTag,
     objects::{self, ObjectStore, ObjectStoreError},
     outbound::{OutboundError, OutboundPolicy},
     store::{
@@ -38,6 +39,10 @@ pub enum IntakeError {
     Metadata(String),
     #[error("model_id: {0}")]
     ModelId(String),
+    #[error("diets: {0}")]
+    Diets(String),
+    #[error("lang: {0}")]
+    Lang(String),
     #[error("Idempotency-Key: {0}")]
     IdempotencyKey(String),
     #[error("this Idempotency-Key was already used with a different request")]
@@ -63,6 +68,10 @@ pub struct EnqueueRequest {
     pub webhook_url: Option<String>,
     pub metadata: Option<serde_json::Value>,
     pub model_id: Option<String>,
+    /// Diet tags that shape the tips (`vegan`, `low_sodium`…).
+    pub diets: Vec<String>,
+    /// Language of the tips, e.g. `en`.
+    pub lang: Option<String>,
     pub idempotency_key: Option<String>,
 }
 
@@ -119,6 +128,8 @@ impl Intake {
             .map(|m| self.check_metadata(m))
             .transpose()?;
         let model_id = request.model_id.map(check_model_id).transpose()?;
+        let diets = check_diets(&request.diets)?;
+        let lang = request.lang.map(check_lang).transpose()?;
         let idempotency_key = request
             .idempotency_key
             .map(check_idempotency_key)
@@ -151,11 +162,20 @@ impl Intake {
 
         let new_job = NewJob {
             partner_id,
-            request_fingerprint: fingerprint(&image, &webhook_url, &metadata, &model_id),
+            request_fingerprint: fingerprint(
+                &image,
+                &webhook_url,
+                &metadata,
+                &model_id,
+                &diets,
+                &lang,
+            ),
             image,
             webhook_url,
             metadata,
             model_id,
+            diets,
+            lang,
             idempotency_key,
         };
 
@@ -251,6 +271,46 @@ fn check_model_id(id: String) -> Result<String, IntakeError> {
     }
 }
 
+/// Known diet tags, canonical: sorted, without repeats, comma-separated. None for no tags.
+fn check_diets(tags: &[String]) -> Result<Option<String>, IntakeError> {
+    let mut parsed = tags
+        .iter()
+        .flat_map(|t| t.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse::<DietTag>().map_err(IntakeError::Diets))
+        .collect::<Result<Vec<_>, _>>()?;
+    parsed.sort_by_key(|t| t.as_str());
+    parsed.dedup();
+    if parsed.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        parsed
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+    ))
+}
+
+/// A language tag such as `en`, `de` or `pt-BR`.
+fn check_lang(lang: String) -> Result<String, IntakeError> {
+    let mut parts = lang.split('-');
+    let primary = parts.next().unwrap_or_default();
+    let ok = (2..=3).contains(&primary.len())
+        && primary.bytes().all(|b| b.is_ascii_lowercase())
+        && parts
+            .all(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if ok {
+        Ok(lang)
+    } else {
+        Err(IntakeError::Lang(
+            "a language tag such as `en`, `de` or `pt-BR`".into(),
+        ))
+    }
+}
+
 fn check_idempotency_key(key: String) -> Result<String, IntakeError> {
     if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(IntakeError::IdempotencyKey(
@@ -266,6 +326,8 @@ fn fingerprint(
     webhook_url: &Option<String>,
     metadata: &Option<serde_json::Value>,
     model_id: &Option<String>,
+    diets: &Option<String>,
+    lang: &Option<String>,
 ) -> String {
     let source = match image {
         NewJobImage::Url(url) => serde_json::json!({ "url": url }),
@@ -276,6 +338,8 @@ fn fingerprint(
         "webhook_url": webhook_url,
         "metadata": metadata,
         "model_id": model_id,
+        "diets": diets,
+        "lang": lang,
     });
     let mut canonical = String::new();
     write_canonical(&request, &mut canonical);
@@ -326,7 +390,9 @@ mod tests {
             serde_json::from_str(r#"{"meal":"lunch","user":{"tz":"UTC","id":1}}"#).unwrap();
         let c: serde_json::Value =
             serde_json::from_str(r#"{"meal":"dinner","user":{"tz":"UTC","id":1}}"#).unwrap();
-        let f = |m: &serde_json::Value| fingerprint(&image, &None, &Some(m.clone()), &None);
+        let f = |m: &serde_json::Value| {
+            fingerprint(&image, &None, &Some(m.clone()), &None, &None, &None)
+        };
         assert_eq!(f(&a), f(&b));
         assert_ne!(f(&a), f(&c));
     }

@@ -57,6 +57,7 @@ pub struct Application {
     addr: SocketAddr,
     state: Arc<AppState>,
     max_body_bytes: u64,
+    drain_delay: Duration,
     role: Role,
     wakeups: Arc<Wakeups>,
     background: Option<Background>,
@@ -148,6 +149,7 @@ impl Application {
                 draining: CancellationToken::new(),
             }),
             max_body_bytes: config.max_upload_bytes,
+            drain_delay: Duration::from_millis(config.shutdown_drain_ms),
             role,
             wakeups,
             background,
@@ -162,9 +164,10 @@ impl Application {
         &self.state.db
     }
 
-    /// Serves until `shutdown` is cancelled. Then readiness turns false, the listener drains
-    /// in-flight requests (up to 10 s), workers stop claiming and finish or release their
-    /// jobs within the grace period, and in-flight webhook attempts end.
+    /// Serves until `shutdown` is cancelled. Then workers stop claiming, readiness turns
+    /// false for `shutdown_drain_ms` while requests are still served, in-flight jobs finish
+    /// or are released within the grace period, webhook attempts in flight end, and the
+    /// listener drains its requests (up to 10 s).
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(background) = self.background {
@@ -173,7 +176,6 @@ impl Application {
             tasks.spawn(background.deliveries.run(shutdown.clone()));
             scheduling::start(background.reconciler, background.schedule, shutdown.clone()).await?;
         }
-        let draining = self.state.draining.clone();
         let app = if self.role.serves_api() {
             api::app(self.state.clone(), self.max_body_bytes)
                 .map_to_response()
@@ -183,19 +185,31 @@ impl Application {
                 .map_to_response()
                 .boxed()
         };
-        let stop = shutdown.clone();
-        let served = Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(
+        let stop_listening = CancellationToken::new();
+        let mut server = tokio::spawn(
+            Server::new_with_acceptor(self.acceptor).run_with_graceful_shutdown(
                 app,
-                async move {
-                    stop.cancelled().await;
-                    draining.cancel();
-                },
+                stop_listening.clone().cancelled_owned(),
                 Some(Duration::from_secs(10)),
-            )
-            .await;
+            ),
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            // The listener failed on its own: stop everything else too.
+            served = &mut server => {
+                shutdown.cancel();
+                while tasks.join_next().await.is_some() {}
+                served??;
+                return Ok(());
+            }
+        }
+        // Readiness turns false while the node still serves, so load balancers stop sending
+        // it requests before it stops listening; workers have stopped claiming already.
+        self.state.draining.cancel();
+        tokio::time::sleep(self.drain_delay).await;
         while tasks.join_next().await.is_some() {}
-        served?;
+        stop_listening.cancel();
+        server.await??;
         Ok(())
     }
 }

@@ -56,6 +56,10 @@ pub struct Model {
     pub lease_expires_at: Option<DateTimeUtc>,
     /// The model version that scored the job; with `image_sha256`, the key for reusing results.
     pub model_version: Option<String>,
+    /// Diet tags that shape the tips, comma-separated and sorted (`low_sodium,vegan`).
+    pub diets: Option<String>,
+    /// Language of the tips (`en` when absent).
+    pub lang: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

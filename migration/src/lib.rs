@@ -7,6 +7,7 @@ mod m20261123_000001_create_partners;
 mod m20261123_000002_create_jobs;
 mod m20261123_000003_job_leases;
 mod m20261123_000004_lifecycle;
+mod m20261123_000005_job_diets;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_create_jobs::Migration),
             Box::new(m20261123_000003_job_leases::Migration),
             Box::new(m20261123_000004_lifecycle::Migration),
+            Box::new(m20261123_000005_job_diets::Migration),
         ]
     }
 }

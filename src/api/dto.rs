@@ -138,6 +138,11 @@ pub struct JobRequest {
     pub metadata: Option<Value>,
     #[oai(nullable)]
     pub model_id: Option<String>,
+    /// Diet tags the tips respect, sorted.
+    pub diets: Vec<String>,
+    /// Language of the tips; null means `en`.
+    #[oai(nullable)]
+    pub lang: Option<String>,
 }
 
 /// Why a job failed.
@@ -207,6 +212,11 @@ impl From<job::Model> for Job {
                 webhook_url: job.webhook_url,
                 metadata: job.metadata,
                 model_id: job.model_id,
+                diets: job
+                    .diets
+                    .map(|d| d.split(',').map(String::from).collect())
+                    .unwrap_or_default(),
+                lang: job.lang,
             },
             result: job.result,
             error,
@@ -227,6 +237,11 @@ pub struct EnqueueUrlRequest {
     pub metadata: Option<Value>,
     /// The model to score with; the current default when absent.
     pub model_id: Option<String>,
+    /// Diet tags that shape the tips: `low_sodium`, `low_sugar`, `vegetarian`, `vegan`,
+    /// `halal`, `pregnancy`, `low_fiber`, `iodine_restricted`.
+    pub diets: Option<Vec<String>>,
+    /// Language of the tips, e.g. `en` (English where a tip has no translation).
+    pub lang: Option<String>,
 }
 
 /// Many job ids, for reconciliation.

@@ -112,6 +112,8 @@ impl JobsApi {
                 webhook_url: body.webhook_url,
                 metadata: body.metadata,
                 model_id: body.model_id,
+                diets: body.diets.unwrap_or_default(),
+                lang: body.lang,
                 idempotency_key: idempotency_key.0,
             },
             EnqueueBody::Multipart(form) => form.into_request(idempotency_key.0),

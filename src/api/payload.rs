@@ -102,6 +102,8 @@ pub struct UploadForm {
     pub webhook_url: Option<String>,
     pub metadata: Option<serde_json::Value>,
     pub model_id: Option<String>,
+    pub diets: Vec<String>,
+    pub lang: Option<String>,
 }
 
 impl UploadForm {
@@ -112,6 +114,8 @@ impl UploadForm {
             webhook_url: self.webhook_url,
             metadata: self.metadata,
             model_id: self.model_id,
+            diets: self.diets,
+            lang: self.lang,
             idempotency_key,
         }
     }
@@ -174,6 +178,11 @@ impl Payload for UploadForm {
                     "model_id",
                     string("The model to score with; the current default when absent."),
                 ),
+                (
+                    "diets",
+                    string("Diet tags that shape the tips, comma-separated (`vegan,low_sodium`)."),
+                ),
+                ("lang", string("Language of the tips, e.g. `en`.")),
             ],
             ..MetaSchema::new("object")
         });
@@ -202,6 +211,8 @@ impl ParsePayload for UploadForm {
                 "image_url" => form.image_url = Some(text(field).await?),
                 "webhook_url" => form.webhook_url = Some(text(field).await?),
                 "model_id" => form.model_id = Some(text(field).await?),
+                "diets" => form.diets.push(text(field).await?),
+                "lang" => form.lang = Some(text(field).await?),
                 "metadata" => {
                     let raw = text(field).await?;
                     let value = serde_json::from_str(&raw).map_err(|e| {

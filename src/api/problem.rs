@@ -218,6 +218,8 @@ impl From<IntakeError> for ApiProblem {
             IntakeError::WebhookUrl(e) => outbound_problem("webhook_url", e),
             IntakeError::Metadata(_) => unprocessable("metadata_invalid", err.to_string()),
             IntakeError::ModelId(_) => unprocessable("model_id_invalid", err.to_string()),
+            IntakeError::Diets(_) => unprocessable("diet_invalid", err.to_string()),
+            IntakeError::Lang(_) => unprocessable("lang_invalid", err.to_string()),
             IntakeError::IdempotencyKey(_) => {
                 unprocessable("idempotency_key_invalid", err.to_string())
             }

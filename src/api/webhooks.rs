@@ -26,6 +26,9 @@ use crate::{
 /// After a rotation, the previous secret keeps signing for this long.
 const ROTATION_OVERLAP: chrono::Duration = chrono::Duration::hours(24);
 
+/// Endpoints per partner; every finished job is sent to each of them.
+const MAX_ENDPOINTS: usize = 20;
+
 pub struct WebhooksApi;
 
 #[derive(ApiResponse)]
@@ -77,6 +80,14 @@ impl WebhooksApi {
     ) -> ApiResult<CreatedResponse> {
         let body = body.0;
         let url = state.intake.check_webhook_url(&body.url)?;
+        if endpoints::list(&state.db, auth.partner().id).await?.len() >= MAX_ENDPOINTS {
+            return Err(ApiProblem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "webhook_limit_reached",
+                format!("a partner may have {MAX_ENDPOINTS} webhook endpoints; delete one first"),
+            )
+            .into());
+        }
         let secret = WebhookSecret::generate().expose();
         let endpoint = endpoints::create(
             &state.db,

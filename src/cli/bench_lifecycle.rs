@@ -361,6 +361,8 @@ pub async fn delivery(config: &Config, count: usize) -> anyhow::Result<()> {
                     webhook_url: None,
                     metadata: None,
                     model_id: None,
+                    diets: None,
+                    lang: None,
                     idempotency_key: None,
                     request_fingerprint: format!("{i:064}"),
                 },

@@ -77,11 +77,11 @@ impl DeliveryWorker {
         let mut in_flight = JoinSet::new();
         let (recorder, outcomes) = mpsc::channel(self.settings.concurrency.max(1));
         let recording = tokio::spawn(record_outcomes(self.db.clone(), outcomes));
-        let mut last_rescue = Instant::now() - self.settings.lease;
+        let mut last_rescue: Option<Instant> = None;
         while !shutdown.is_cancelled() {
             while in_flight.try_join_next().is_some() {}
-            if last_rescue.elapsed() >= self.settings.lease / 2 {
-                last_rescue = Instant::now();
+            if last_rescue.is_none_or(|at| at.elapsed() >= self.settings.lease / 2) {
+                last_rescue = Some(Instant::now());
                 if let Err(err) = deliveries::rescue_expired(&self.db, Utc::now()).await {
                     tracing::warn!(error = %err, "rescuing deliveries failed");
                 }
@@ -330,7 +330,7 @@ impl DeliveryWorker {
             Err(err) => {
                 record.error = Some(match err {
                     FetchError::Timeout => "timed out".to_string(),
-                    other => other.to_string(),
+                    other => storable(other.to_string()),
                 });
                 Verdict::Failed { retry_after: None }
             }
@@ -368,15 +368,34 @@ async fn record_outcomes(
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
         let (pending, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-        match deliveries::record_attempts(&db, &pending, Utc::now()).await {
-            Ok(held) => {
-                for (reply, held) in replies.into_iter().zip(held) {
-                    let _ = reply.send(held);
+        let held: Vec<Option<bool>> = match deliveries::record_attempts(&db, &pending, Utc::now())
+            .await
+        {
+            Ok(held) => held.into_iter().map(Some).collect(),
+            // One bad outcome must not sink the others: try them one by one.
+            Err(err) if pending.len() > 1 => {
+                tracing::warn!(error = %err, outcomes = pending.len(), "recording delivery attempts together failed; recording them one by one");
+                let mut held = Vec::with_capacity(pending.len());
+                for outcome in &pending {
+                    let one =
+                        deliveries::record_attempts(&db, std::slice::from_ref(outcome), Utc::now())
+                            .await;
+                    if let Err(err) = &one {
+                        tracing::warn!(error = %err, delivery_id = %outcome.lease.delivery.id, "recording a delivery attempt failed");
+                    }
+                    held.push(one.ok().and_then(|h| h.first().copied()));
                 }
+                held
             }
-            // Dropping the replies reports the failure; the leases will expire.
             Err(err) => {
-                tracing::warn!(error = %err, outcomes = pending.len(), "recording delivery attempts failed")
+                tracing::warn!(error = %err, "recording a delivery attempt failed");
+                vec![None]
+            }
+        };
+        // A reply dropped (None) reports the failure; the lease will expire.
+        for (reply, held) in replies.into_iter().zip(held) {
+            if let Some(held) = held {
+                let _ = reply.send(held);
             }
         }
     }
@@ -397,5 +416,14 @@ async fn excerpt(mut response: reqwest::Response) -> String {
         }
     }
     body.truncate(RESPONSE_EXCERPT);
-    String::from_utf8_lossy(&body).into_owned()
+    storable(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Text a receiver controls, made safe to store: PostgreSQL `text` refuses NUL.
+fn storable(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "")
+    } else {
+        text
+    }
 }

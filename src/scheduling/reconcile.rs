@@ -48,7 +48,10 @@ pub struct Reconciler {
 const RETENTION_BATCH: u64 = 200;
 
 fn before(now: DateTime<Utc>, span: Duration) -> DateTime<Utc> {
-    now - chrono::Duration::from_std(span).unwrap_or(chrono::Duration::MAX)
+    chrono::Duration::from_std(span)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 impl Reconciler {
@@ -105,7 +108,12 @@ impl Reconciler {
             now,
         )
         .await?;
-        counts.deliveries_rescheduled = deliveries::reschedule_undelivered(&self.db, now).await?;
+        counts.deliveries_rescheduled = deliveries::reschedule_undelivered(
+            &self.db,
+            now,
+            before(now, self.settings.disable_failing_endpoints_after),
+        )
+        .await?;
         self.sweep_retention(before(now, self.settings.retention), counts)
             .await
     }

@@ -31,6 +31,9 @@ pub fn event_type(job: &job::Model) -> &'static str {
     }
 }
 
+/// Rows per multi-row INSERT (17 parameters each).
+const INSERT_CHUNK: usize = 500;
+
 /// Where a finished job goes: (endpoint, url) pairs.
 pub(super) type Destinations = Vec<(Option<Uuid>, String)>;
 
@@ -96,8 +99,11 @@ pub(super) async fn insert_rows<C: ConnectionTrait>(
     rows: Vec<delivery::ActiveModel>,
 ) -> Result<usize, StoreError> {
     let count = rows.len();
-    if count > 0 {
-        delivery::Entity::insert_many(rows).exec(conn).await?;
+    // Chunks keep each statement far below the databases' bound-parameter limits.
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<_> = rows.by_ref().take(INSERT_CHUNK).collect();
+        delivery::Entity::insert_many(chunk).exec(conn).await?;
     }
     Ok(count)
 }
@@ -377,6 +383,16 @@ pub async fn redeliver(
     now: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
     let txn = db.writer().begin().await?;
+    let existing = delivery::Entity::find()
+        .filter(delivery::Column::JobId.eq(job.id))
+        .count(&txn)
+        .await?;
+    if existing == 0 {
+        let count = enqueue_for_job(&txn, job, render, now).await?;
+        txn.commit().await?;
+        return Ok(count);
+    }
+    // Deliveries being sent right now are left to finish their attempt.
     let reset = delivery::Entity::update_many()
         .col_expr(
             delivery::Column::Status,
@@ -389,13 +405,8 @@ pub async fn redeliver(
         .filter(delivery::Column::Status.ne(DeliveryStatus::Sending))
         .exec(&txn)
         .await?;
-    let count = if reset.rows_affected > 0 {
-        reset.rows_affected as usize
-    } else {
-        enqueue_for_job(&txn, job, render, now).await?
-    };
     txn.commit().await?;
-    Ok(count)
+    Ok(reset.rows_affected as usize)
 }
 
 /// Returns deliveries whose worker's lease expired to the queue, due now.
@@ -424,8 +435,14 @@ pub async fn rescue_expired(db: &Db, now: DateTime<Utc>) -> Result<u64, StoreErr
 
 /// Reconciliation: deliveries that are neither delivered nor scheduled (they ran out of
 /// retries, or lost their worker) start a fresh schedule, unless their endpoint is disabled
-/// or deleted, or their receiver answered 410 Gone. Returns how many.
-pub async fn reschedule_undelivered(db: &Db, now: DateTime<Utc>) -> Result<u64, StoreError> {
+/// or deleted, or their receiver answered 410 Gone. Deliveries to per-job URLs, which have
+/// no endpoint to disable, are given up once created before `per_job_cutoff`. Returns how
+/// many.
+pub async fn reschedule_undelivered(
+    db: &Db,
+    now: DateTime<Utc>,
+    per_job_cutoff: DateTime<Utc>,
+) -> Result<u64, StoreError> {
     let inactive_endpoints = webhook_endpoint::Entity::find()
         .select_only()
         .column(webhook_endpoint::Column::Id)
@@ -467,7 +484,11 @@ pub async fn reschedule_undelivered(db: &Db, now: DateTime<Utc>) -> Result<u64, 
         )
         .filter(
             sea_orm::Condition::any()
-                .add(delivery::Column::EndpointId.is_null())
+                .add(
+                    sea_orm::Condition::all()
+                        .add(delivery::Column::EndpointId.is_null())
+                        .add(delivery::Column::CreatedAt.gte(per_job_cutoff)),
+                )
                 .add(delivery::Column::EndpointId.not_in_subquery(inactive_endpoints)),
         )
         // A receiver that answered 410 Gone asked us to stop (per-job URLs have no

@@ -14,6 +14,9 @@ pub struct NewJob {
     pub webhook_url: Option<String>,
     pub metadata: Option<serde_json::Value>,
     pub model_id: Option<String>,
+    /// Canonical diet tags (sorted, comma-separated), if any.
+    pub diets: Option<String>,
+    pub lang: Option<String>,
     pub idempotency_key: Option<String>,
     pub request_fingerprint: String,
 }
@@ -96,6 +99,8 @@ pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
         lease_token: Set(None),
         lease_expires_at: Set(None),
         model_version: Set(None),
+        diets: Set(new.diets),
+        lang: Set(new.lang),
     };
     match model.insert(db.writer()).await {
         Ok(created) => Ok(InsertOutcome::Created(created)),

@@ -31,7 +31,10 @@ pub enum StoreError {
 
 /// When a lease taken at `now` ends.
 pub(crate) fn lease_end(now: DateTime<Utc>, lease_for: Duration) -> DateTime<Utc> {
-    now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX)
+    chrono::Duration::from_std(lease_for)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 #[derive(Clone, Debug)]

@@ -252,15 +252,23 @@ pub struct FetchedImage {
     pub height: i32,
 }
 
-/// A result the same model version already produced for the same image bytes.
+/// A result the same model version already produced for the same image bytes, diet tags
+/// and tip language (the tips depend on them).
 pub async fn reusable_result(
     db: &Db,
+    job: &job::Model,
     sha256: &str,
     model_version: &str,
 ) -> Result<Option<serde_json::Value>, StoreError> {
+    let same = |column: job::Column, value: &Option<String>| match value {
+        Some(v) => column.eq(v.as_str()),
+        None => column.is_null(),
+    };
     Ok(job::Entity::find()
         .filter(job::Column::ImageSha256.eq(sha256))
         .filter(job::Column::ModelVersion.eq(model_version))
+        .filter(same(job::Column::Diets, &job.diets))
+        .filter(same(job::Column::Lang, &job.lang))
         .filter(job::Column::Status.eq(JobStatus::Succeeded))
         .one(db.reader())
         .await?
@@ -305,29 +313,41 @@ fn finished(
         )
 }
 
-/// Returns jobs whose lease expired before `now` to the queue; the status and expiry are
-/// re-checked inside the UPDATE, so a job finished meanwhile is left alone.
-pub async fn rescue_expired(db: &Db, now: DateTime<Utc>) -> Result<u64, StoreError> {
-    let result = job::Entity::update_many()
-        .col_expr(job::Column::Status, Expr::value(JobStatus::Queued))
-        .col_expr(job::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
-        .col_expr(
-            job::Column::LeaseExpiresAt,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        )
-        .col_expr(job::Column::RunAt, Expr::value(now))
-        .col_expr(job::Column::UpdatedAt, Expr::value(now))
-        .filter(job::Column::Status.eq(JobStatus::InProgress))
-        .filter(job::Column::LeaseExpiresAt.lt(now))
-        .exec(db.writer())
-        .await?;
-    Ok(result.rows_affected)
+/// Jobs whose lease expired before `now` (their worker crashed or hung): back to the queue
+/// while attempts remain, else failed with `worker_lost` (with their webhooks), so a job
+/// that kills its worker cannot loop forever. The status and expiry are re-checked inside
+/// each UPDATE, so a job finished meanwhile is left alone. Returns (requeued, failed).
+pub async fn rescue_expired(
+    db: &Db,
+    now: DateTime<Utc>,
+    max_attempts: i32,
+    render: &PayloadRenderer,
+) -> Result<(u64, u64), StoreError> {
+    let expired = || {
+        sea_orm::Condition::all()
+            .add(job::Column::Status.eq(JobStatus::InProgress))
+            .add(job::Column::LeaseExpiresAt.lt(now))
+    };
+    let requeued = requeue(db, expired(), max_attempts, now).await?;
+    let failed = fail_exhausted(
+        db,
+        expired,
+        max_attempts,
+        "worker_lost",
+        "the worker working on it stopped answering on every attempt",
+        now,
+        render,
+    )
+    .await?;
+    Ok((requeued, failed))
 }
 
-/// Reconciliation of jobs stuck past `cutoff`: queued but never picked up (due before it),
-/// or in progress without an update since it. Those with attempts left are requeued; the
-/// rest fail with `stale` (and get their webhooks, like any finished job). Each change is
-/// conditional on the job still being stuck, so a worker finishing it meanwhile wins.
+/// Reconciliation of jobs stuck past `cutoff`: in progress without an update since it
+/// (a hung worker that still heartbeats, or no worker left to rescue it) are requeued while
+/// attempts remain; those, and queued jobs due before `cutoff` that are out of attempts,
+/// fail with `stale` (and get their webhooks, like any finished job). Queued jobs with
+/// attempts left keep their place in the queue. Each change is conditional on the job still
+/// being stuck, so a worker finishing it meanwhile wins. Returns (requeued, failed).
 pub async fn reconcile_stale(
     db: &Db,
     cutoff: DateTime<Utc>,
@@ -335,6 +355,11 @@ pub async fn reconcile_stale(
     now: DateTime<Utc>,
     render: &PayloadRenderer,
 ) -> Result<(u64, u64), StoreError> {
+    let stuck_in_progress = || {
+        sea_orm::Condition::all()
+            .add(job::Column::Status.eq(JobStatus::InProgress))
+            .add(job::Column::UpdatedAt.lt(cutoff))
+    };
     let stuck = || {
         sea_orm::Condition::any()
             .add(
@@ -342,13 +367,30 @@ pub async fn reconcile_stale(
                     .add(job::Column::Status.eq(JobStatus::Queued))
                     .add(job::Column::RunAt.lt(cutoff)),
             )
-            .add(
-                sea_orm::Condition::all()
-                    .add(job::Column::Status.eq(JobStatus::InProgress))
-                    .add(job::Column::UpdatedAt.lt(cutoff)),
-            )
+            .add(stuck_in_progress())
     };
-    let requeued = job::Entity::update_many()
+    let requeued = requeue(db, stuck_in_progress(), max_attempts, now).await?;
+    let failed = fail_exhausted(
+        db,
+        stuck,
+        max_attempts,
+        "stale",
+        "the job was stuck and out of attempts; given up by reconciliation",
+        now,
+        render,
+    )
+    .await?;
+    Ok((requeued, failed))
+}
+
+/// Back to the queue, due now: the jobs matching `which` that have attempts left.
+async fn requeue(
+    db: &Db,
+    which: sea_orm::Condition,
+    max_attempts: i32,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    Ok(job::Entity::update_many()
         .col_expr(job::Column::Status, Expr::value(JobStatus::Queued))
         .col_expr(job::Column::RunAt, Expr::value(now))
         .col_expr(job::Column::UpdatedAt, Expr::value(now))
@@ -357,29 +399,38 @@ pub async fn reconcile_stale(
             job::Column::LeaseExpiresAt,
             Expr::value(Option::<DateTime<Utc>>::None),
         )
-        .filter(stuck())
+        .filter(which)
         .filter(job::Column::Attempts.lt(max_attempts))
         .exec(db.writer())
         .await?
-        .rows_affected;
+        .rows_affected)
+}
 
+/// Fails the jobs matching `which` that are out of attempts, each in a transaction with
+/// its outbox rows. Returns how many.
+async fn fail_exhausted(
+    db: &Db,
+    which: impl Fn() -> sea_orm::Condition,
+    max_attempts: i32,
+    code: &str,
+    message: &str,
+    now: DateTime<Utc>,
+    render: &PayloadRenderer,
+) -> Result<u64, StoreError> {
     let exhausted = job::Entity::find()
-        .filter(stuck())
+        .filter(which())
         .filter(job::Column::Attempts.gte(max_attempts))
         .all(db.reader())
         .await?;
     let mut failed = 0;
-    for stale in exhausted {
+    for stuck in exhausted {
         let txn = db.writer().begin().await?;
         let changed = job::Entity::update_many()
             .col_expr(job::Column::Status, Expr::value(JobStatus::Failed))
-            .col_expr(job::Column::ErrorCode, Expr::value("stale"))
+            .col_expr(job::Column::ErrorCode, Expr::value(code))
             .col_expr(
                 job::Column::ErrorMessage,
-                Expr::value(format!(
-                    "the job was stuck after {} attempt(s) and was given up by reconciliation",
-                    stale.attempts
-                )),
+                Expr::value(format!("{message} ({} attempts)", stuck.attempts)),
             )
             .col_expr(job::Column::FinishedAt, Expr::value(now))
             .col_expr(job::Column::UpdatedAt, Expr::value(now))
@@ -388,18 +439,15 @@ pub async fn reconcile_stale(
                 job::Column::LeaseExpiresAt,
                 Expr::value(Option::<DateTime<Utc>>::None),
             )
-            .filter(job::Column::Id.eq(stale.id))
-            .filter(stuck())
-            .exec(&txn)
-            .await?
-            .rows_affected;
-        if changed == 1 {
-            if let Some(job) = job::Entity::find_by_id(stale.id).one(&txn).await? {
-                deliveries::enqueue_for_job(&txn, &job, render, now).await?;
-            }
+            .filter(job::Column::Id.eq(stuck.id))
+            .filter(which())
+            .exec_with_returning(&txn)
+            .await?;
+        if let Some(job) = changed.into_iter().next() {
+            deliveries::enqueue_for_job(&txn, &job, render, now).await?;
             failed += 1;
         }
         txn.commit().await?;
     }
-    Ok((requeued, failed))
+    Ok(failed)
 }

@@ -22,7 +22,7 @@ pub use failure::JobFailure;
 
 use crate::{
     imaging,
-    inference::Scorer,
+    inference::{tips, DietTag, Scorer},
     objects::{self, ObjectStore},
     outbound::GuardedClient,
     store::{
@@ -104,14 +104,23 @@ impl JobWorker {
         let (recorder, outcomes) = mpsc::channel(self.settings.concurrency.max(1));
         let recording = tokio::spawn(self.clone().record_outcomes(outcomes));
         let release = CancellationToken::new();
-        let mut last_rescue = Instant::now() - self.settings.lease;
+        let mut last_rescue: Option<Instant> = None;
         while !shutdown.is_cancelled() {
             while in_flight.try_join_next().is_some() {}
-            if last_rescue.elapsed() >= self.settings.lease / 2 {
-                last_rescue = Instant::now();
-                match queue::rescue_expired(&self.db, Utc::now()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(jobs = n, "rescued jobs whose lease expired"),
+            if last_rescue.is_none_or(|at| at.elapsed() >= self.settings.lease / 2) {
+                last_rescue = Some(Instant::now());
+                let rescued = queue::rescue_expired(
+                    &self.db,
+                    Utc::now(),
+                    self.settings.max_attempts,
+                    &self.render,
+                )
+                .await;
+                match rescued {
+                    Ok((0, 0)) => {}
+                    Ok((requeued, failed)) => {
+                        tracing::info!(requeued, failed, "rescued jobs whose lease expired")
+                    }
                     Err(err) => tracing::warn!(error = %err, "rescuing expired leases failed"),
                 }
             }
@@ -181,20 +190,47 @@ impl JobWorker {
         while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
             let (pending, replies): (Vec<_>, Vec<_>) =
                 batch.drain(..).map(|(l, o, r)| ((l, o), r)).unzip();
-            let count = pending.len();
-            match queue::finish_many(&self.db, pending, Utc::now(), &self.render).await {
-                Ok(results) => {
-                    if results.iter().any(|r| r.is_some_and(|n| n > 0)) {
-                        self.wakeups.announce(Work::Deliveries).await;
+            let results = match queue::finish_many(
+                &self.db,
+                pending.clone(),
+                Utc::now(),
+                &self.render,
+            )
+            .await
+            {
+                Ok(results) => results.into_iter().map(Some).collect(),
+                // One bad outcome must not sink the others: try them one by one.
+                Err(err) if pending.len() > 1 => {
+                    tracing::warn!(error = %err, jobs = pending.len(), "recording job outcomes together failed; recording them one by one");
+                    let mut results = Vec::with_capacity(pending.len());
+                    for one in pending {
+                        results.push(self.finish_one(one).await);
                     }
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        let _ = reply.send(result);
-                    }
+                    results
                 }
-                // Dropping the replies reports the failure; the leases will expire.
                 Err(err) => {
-                    tracing::warn!(error = %err, jobs = count, "recording job outcomes failed; the leases will expire and the jobs be retried")
+                    tracing::warn!(error = %err, "recording a job outcome failed; the lease will expire and the job be retried");
+                    vec![None]
                 }
+            };
+            if results.iter().any(|r| r.flatten().is_some_and(|n| n > 0)) {
+                self.wakeups.announce(Work::Deliveries).await;
+            }
+            // A reply dropped (None) reports the failure; the lease will expire.
+            for (reply, result) in replies.into_iter().zip(results) {
+                if let Some(result) = result {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+
+    async fn finish_one(&self, outcome: (Lease, Outcome)) -> Option<Option<usize>> {
+        match queue::finish_many(&self.db, vec![outcome], Utc::now(), &self.render).await {
+            Ok(mut results) => results.pop(),
+            Err(err) => {
+                tracing::warn!(error = %err, "recording a job outcome failed; the lease will expire and the job be retried");
+                None
             }
         }
     }
@@ -298,17 +334,23 @@ impl JobWorker {
             }
         };
         let model_version = self.scorer.model().version.clone();
-        if let Some(result) = queue::reusable_result(&self.db, &sha256, &model_version).await? {
+        if let Some(result) = queue::reusable_result(&self.db, job, &sha256, &model_version).await?
+        {
             tracing::debug!("reusing the result of an earlier job with the same image");
             return Ok(Scored {
                 result,
                 model_version,
             });
         }
-        let scored = self
-            .scorer
-            .score(bytes, &[], crate::inference::tips::DEFAULT_LANG)
-            .await?;
+        // Intake checked the tags; one it no longer knows is ignored rather than failing.
+        let diets: Vec<DietTag> = job
+            .diets
+            .iter()
+            .flat_map(|d| d.split(','))
+            .filter_map(|d| d.parse().ok())
+            .collect();
+        let lang = job.lang.as_deref().unwrap_or(tips::DEFAULT_LANG);
+        let scored = self.scorer.score(bytes, &diets, lang).await?;
         let result = serde_json::to_value(&scored.result)
             .map_err(|e| JobFailure::permanent("inference_failed", e.to_string()))?;
         Ok(Scored {

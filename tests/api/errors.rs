@@ -398,3 +398,33 @@ async fn oversized_metadata_is_422() {
     assert_problem(response, 422, "metadata_invalid").await;
     assert_nothing_written(&app).await;
 }
+
+#[tokio::test]
+async fn unknown_diet_tags_and_malformed_languages_are_422() {
+    let app = TestApp::spawn().await;
+    for (body, code) in [
+        (
+            serde_json::json!({"image_url": "https://example.com/a.jpg", "diets": ["carnivore"]}),
+            "diet_invalid",
+        ),
+        (
+            serde_json::json!({"image_url": "https://example.com/a.jpg", "lang": "English!"}),
+            "lang_invalid",
+        ),
+    ] {
+        let response = app.enqueue_json(&app.key, body).await;
+        let problem = assert_problem(response, 422, code).await;
+        assert!(problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains(if code == "diet_invalid" {
+                "carnivore"
+            } else {
+                "language"
+            }));
+    }
+    assert!(app.list_jobs(&app.key, "").await["jobs"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}

@@ -56,3 +56,38 @@ async fn readiness_fails_when_the_object_store_is_gone() {
     assert_eq!(body["database"], "ok");
     assert_eq!(body["object_store"], "unavailable");
 }
+
+#[tokio::test]
+async fn readiness_reports_draining_while_a_node_shuts_down() {
+    let mut app = TestApp::spawn_with(TestOptions {
+        configure: Box::new(|config| config.shutdown_drain_ms = 2_000),
+        ..TestOptions::default()
+    })
+    .await;
+    let ready = app
+        .client
+        .get(app.url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    // The same keep-alive client, as a load balancer's prober would hold.
+    let client = app.client.clone();
+    let url = app.url("/health/ready");
+    let stopping = tokio::spawn(async move { app.stop().await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let body: serde_json::Value = loop {
+        let response = client.get(&url).send().await.unwrap();
+        if response.status() == 503 {
+            break response.json().await.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readiness never turned false"
+        );
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(body["status"], "draining");
+    assert_eq!(body["database"], "ok");
+    stopping.await.unwrap();
+}

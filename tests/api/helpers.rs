@@ -130,6 +130,8 @@ impl TestApp {
                 root.join(S3_BUCKET).join("platescore")
             }
         };
+        // Tests stop at once; the drain test sets its own.
+        config.shutdown_drain_ms = 0;
         (options.configure)(&mut config);
 
         let app = Application::build(&config, options.role)

@@ -538,3 +538,42 @@ async fn shutdown_leaves_no_job_in_progress() {
         assert!(job.lease_token.is_none());
     }
 }
+
+#[tokio::test]
+async fn diet_tags_shape_the_tips_and_a_result_is_reused_only_for_the_same_tags() {
+    let app = TestApp::spawn_with(TestOptions::with_workers(|_| {})).await;
+    let tip_ids = |job: &Value| -> Vec<String> {
+        job["result"]["tips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let plain = upload(&app, "lemon.jpg").await;
+    let plain = app.wait_until_settled(&app.key, &plain).await;
+    assert_eq!(plain["request"]["diets"], json!([]));
+    assert!(!tip_ids(&plain).iter().any(|id| id.ends_with("-vegan")));
+
+    // The same bytes with a diet: scored for that diet, not the plain result reused.
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(fixture("lemon.jpg")).file_name("lemon.jpg"),
+        )
+        .text("diets", "vegan, low_sugar,vegan")
+        .text("lang", "en");
+    let response = app.enqueue_form(&app.key, form).await;
+    assert_eq!(response.status(), 202);
+    let job: Value = response.json().await.unwrap();
+    assert_eq!(job["request"]["diets"], json!(["low_sugar", "vegan"]));
+    assert_eq!(job["request"]["lang"], "en");
+    let vegan = app
+        .wait_until_settled(&app.key, job["job_id"].as_str().unwrap())
+        .await;
+    assert!(
+        tip_ids(&vegan).contains(&"fruit-pair-protein-vegan".to_string()),
+        "{vegan}"
+    );
+    assert_eq!(vegan["result"]["score"], plain["result"]["score"]);
+}

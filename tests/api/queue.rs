@@ -119,7 +119,12 @@ async fn expired_leases_are_rescued_and_the_old_holder_cannot_finish() {
         .await
         .unwrap());
     let t2 = t0 + chrono::Duration::seconds(61);
-    assert_eq!(queue::rescue_expired(&app.db, t2).await.unwrap(), 1);
+    assert_eq!(
+        queue::rescue_expired(&app.db, t2, 5, &no_payload())
+            .await
+            .unwrap(),
+        (1, 0)
+    );
     let stale = Outcome::Failed {
         code: "image_corrupt".into(),
         message: "late".into(),
@@ -133,6 +138,36 @@ async fn expired_leases_are_rescued_and_the_old_holder_cannot_finish() {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].job.id, leases[1].job.id);
     assert_eq!(again[0].job.attempts, 2);
+}
+
+#[tokio::test]
+async fn a_job_that_keeps_losing_its_worker_fails_instead_of_looping() {
+    let app = TestApp::spawn().await;
+    let ids = enqueue(&app, 1).await;
+    let mut now = Utc::now() + chrono::Duration::seconds(1);
+    // Three claims whose worker never comes back (a crash, a panic).
+    for attempt in 1..=3 {
+        let lease = queue::claim(&app.db, now, 1, LEASE).await.unwrap();
+        assert_eq!(lease.len(), 1, "attempt {attempt}");
+        now += chrono::Duration::seconds(61);
+        let rescued = queue::rescue_expired(&app.db, now, 3, &no_payload())
+            .await
+            .unwrap();
+        let expected = if attempt < 3 { (1, 0) } else { (0, 1) };
+        assert_eq!(rescued, expected, "attempt {attempt}");
+    }
+    let job: Value = app
+        .status(&app.key, &ids[0].to_string())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["error"]["code"], "worker_lost");
+    assert!(queue::claim(&app.db, now, 1, LEASE)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]

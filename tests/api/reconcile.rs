@@ -93,7 +93,7 @@ async fn reconciliation_fixes_seeded_stale_states_once_per_slot() {
     let hours_ago = |h: i64| now - Duration::hours(h);
     let lease = std::time::Duration::from_secs(60);
 
-    // Queued two hours past due, with attempts left: requeued.
+    // Queued two hours past due, with attempts left: left where it is in the queue.
     let waiting = enqueue(&app, "apple.jpg", "a", None).await;
     set(&app, waiting, job::Column::RunAt, hours_ago(2)).await;
     set(&app, waiting, job::Column::CreatedAt, hours_ago(2)).await;
@@ -185,19 +185,24 @@ async fn reconciliation_fixes_seeded_stale_states_once_per_slot() {
         .await
         .unwrap()
         .expect("the slot was free");
-    assert_eq!(counts.jobs_requeued, 2, "{counts:?}");
+    assert_eq!(counts.jobs_requeued, 1, "{counts:?}");
     assert_eq!(counts.jobs_failed_stale, 1, "{counts:?}");
     assert_eq!(counts.endpoints_disabled, 1, "{counts:?}");
     assert_eq!(counts.deliveries_rescheduled, 1, "{counts:?}");
     assert_eq!(counts.jobs_deleted, 2, "{counts:?}");
     assert_eq!(counts.objects_deleted, 1, "{counts:?}");
 
-    for id in [waiting, abandoned] {
-        let job = load(&app, id).await.unwrap();
-        assert_eq!(job.status, job::JobStatus::Queued);
-        assert_eq!(job.run_at, Some(now));
-        assert!(job.lease_token.is_none());
-    }
+    let job = load(&app, abandoned).await.unwrap();
+    assert_eq!(job.status, job::JobStatus::Queued);
+    assert_eq!(job.run_at, Some(now));
+    assert!(job.lease_token.is_none());
+    let job = load(&app, waiting).await.unwrap();
+    assert_eq!(job.status, job::JobStatus::Queued);
+    assert_eq!(
+        job.run_at,
+        Some(hours_ago(2)),
+        "its place in the queue is kept"
+    );
     // The old lease holder can no longer finish the requeued job.
     let late = queue::finish(
         &app.db,
@@ -281,7 +286,7 @@ async fn reconciliation_fixes_seeded_stale_states_once_per_slot() {
     assert_eq!(runs["runs"].as_array().unwrap().len(), 1);
     assert_eq!(run["slot"], "2026-11-24T03:00:00.000Z");
     assert_eq!(run["trigger"], "schedule");
-    assert_eq!(run["jobs_requeued"], 2);
+    assert_eq!(run["jobs_requeued"], 1);
     assert_eq!(run["jobs_failed_stale"], 1);
     assert_eq!(run["objects_deleted"], 1);
     assert_eq!(run["error"], Value::Null);
