@@ -577,3 +577,47 @@ async fn diet_tags_shape_the_tips_and_a_result_is_reused_only_for_the_same_tags(
     );
     assert_eq!(vegan["result"]["score"], plain["result"]["score"]);
 }
+
+#[tokio::test]
+async fn a_receiver_answering_nul_bytes_is_recorded_without_them() {
+    // PostgreSQL text refuses NUL; the attempt must still be recorded (and not sink others).
+    let app = TestApp::spawn_with(TestOptions::with_workers(|_| {})).await;
+    let receiver = Receiver::start().await;
+    receiver.script([
+        Reply::Body(500, b"bad\0 gateway"),
+        Reply::Body(200, b"o\0k"),
+    ]);
+    register_endpoint(&app, &receiver.url("/hook")).await;
+    let job_id = upload(&app, "cabbage.jpg").await;
+    let job = app.wait_until_settled(&app.key, &job_id).await;
+    assert_eq!(job["deliveries"][0]["status"], "delivered");
+    let log = app
+        .get_json(&app.key, &format!("/jobs/{job_id}/deliveries"))
+        .await;
+    let attempts = log["deliveries"][0]["attempt_log"].as_array().unwrap();
+    assert_eq!(attempts[0]["response_body"], "bad gateway");
+    assert_eq!(attempts[1]["response_body"], "ok");
+}
+
+#[tokio::test]
+async fn a_partner_has_at_most_twenty_endpoints() {
+    let app = TestApp::spawn_with(TestOptions::with_workers(|_| {})).await;
+    for i in 0..20 {
+        register_endpoint(&app, &format!("http://127.0.0.1:9/hook/{i}")).await;
+    }
+    let response = app
+        .post_json(
+            &app.key,
+            "/webhooks",
+            json!({ "url": "http://127.0.0.1:9/one-more" }),
+        )
+        .await;
+    crate::helpers::assert_problem(response, 422, "webhook_limit_reached").await;
+    assert_eq!(
+        app.get_json(&app.key, "/webhooks").await["endpoints"]
+            .as_array()
+            .unwrap()
+            .len(),
+        20
+    );
+}

@@ -25,6 +25,8 @@ use tokio::sync::Notify;
 #[derive(Debug, Clone)]
 pub enum Reply {
     Status(u16),
+    /// A status with this body.
+    Body(u16, &'static [u8]),
     /// Never answers (until the test ends).
     Hang,
     Redirect(String),
@@ -96,6 +98,9 @@ async fn receive(state: Data<&Arc<State>>, headers: &HeaderMap, body: Body) -> R
         Reply::Status(code) => Response::builder()
             .status(StatusCode::from_u16(code).unwrap())
             .body("thanks"),
+        Reply::Body(code, body) => Response::builder()
+            .status(StatusCode::from_u16(code).unwrap())
+            .body(body),
         Reply::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Response::builder().body("")
