@@ -201,6 +201,7 @@ impl Intake {
 
         match jobs::insert(&self.db, new_job).await {
             Ok(InsertOutcome::Created(job)) => {
+                crate::metrics::get().jobs_enqueued.inc();
                 self.wakeups.announce(Work::Jobs).await;
                 Ok(Enqueued::Created(job))
             }

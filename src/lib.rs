@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod imaging;
 pub mod inference;
 pub mod intake;
+pub mod metrics;
 pub mod objects;
 pub mod outbound;
 pub mod scheduling;

@@ -13,9 +13,9 @@ use crate::{
     api::{self, auth::KeyCache, AppState},
     config::Config,
     delivery::DeliveryWorker,
-    inference::Scorer,
+    inference::{BatchObserver, Scorer},
     intake::{Intake, IntakeLimits},
-    objects,
+    metrics, objects,
     outbound::{GuardedClient, OutboundPolicy, RedirectRule},
     scheduling::{self, Reconciler, Schedule},
     store::{partners, wakeups::Wakeups, Db},
@@ -89,7 +89,9 @@ impl Application {
             },
         );
         let background = if role.runs_workers() {
-            let scorer = Arc::new(Scorer::load(&config.scorer_settings(), None)?);
+            let batch_sizes: BatchObserver =
+                Arc::new(|size| metrics::get().batch_size.observe(size as f64));
+            let scorer = Arc::new(Scorer::load(&config.scorer_settings(), Some(batch_sizes))?);
             tracing::info!(runtime = scorer.runtime_name(), model = %scorer.model().version, "scorer loaded");
             let fetcher = GuardedClient::new(
                 policy.clone(),

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod dto;
 mod health;
 mod jobs;
+mod observe;
 mod payload;
 pub mod problem;
 mod webhooks;
@@ -85,21 +86,46 @@ pub fn app(state: Arc<AppState>, max_body_bytes: u64) -> impl Endpoint {
     let docs = service.swagger_ui();
     Route::new()
         .at("/openapi.json", get(spec))
+        .at("/metrics", get(metrics_text))
         .nest("/docs", docs)
         .nest("/", service.with(payload::BodyLimit::new(max_body_bytes)))
         .data(state)
         .catch_all_error(|err| async move { problem::any_error_to_problem(err) })
+        .with(observe::Observe)
+}
+
+/// `GET /metrics`: Prometheus text format. Queue depth is read from the database now.
+#[poem::handler]
+async fn metrics_text(state: poem::web::Data<&Arc<AppState>>) -> poem::Response {
+    let metrics = crate::metrics::get();
+    match crate::store::jobs::queue_stats(&state.db, chrono::Utc::now()).await {
+        Ok(stats) => {
+            for (state, count) in stats.by_status {
+                metrics
+                    .queue_depth
+                    .with_label_values(&[state])
+                    .set(count as f64);
+            }
+            metrics.oldest_queued_age.set(stats.oldest_due_age_seconds);
+        }
+        Err(err) => tracing::warn!(error = %err, "metrics: reading the queue depth failed"),
+    }
+    poem::Response::builder()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(metrics.render())
 }
 
 /// A worker node's HTTP: the health probes only.
 pub fn probes_app(state: Arc<AppState>) -> impl Endpoint {
     Route::new()
+        .at("/metrics", get(metrics_text))
         .nest(
             "/",
             OpenApiService::new(health::HealthApi, "platescore", ""),
         )
         .data(state)
         .catch_all_error(|err| async move { problem::any_error_to_problem(err) })
+        .with(observe::Observe)
 }
 
 /// The webhook body of a finished job: the job as `GET /status` shows it, plus `type`.

@@ -18,6 +18,7 @@ use super::{
     signing::{signature_header, WebhookSecret},
 };
 use crate::{
+    metrics,
     outbound::{FetchError, GuardedClient},
     store::{
         deliveries::{self, AttemptOutcome, AttemptRecord, DeliveryLease, NextStep},
@@ -174,6 +175,10 @@ impl DeliveryWorker {
             } else {
                 "the endpoint is disabled"
             };
+            metrics::get()
+                .webhook_attempts
+                .with_label_values(&["skipped"])
+                .inc();
             let outcome = AttemptOutcome {
                 lease,
                 attempt: None,
@@ -188,6 +193,20 @@ impl DeliveryWorker {
             .await?;
         let (attempt, verdict) = self.send(&lease.delivery, &secrets).await;
 
+        let outcome_label = match verdict {
+            Verdict::Delivered => "delivered",
+            Verdict::Gone => "gone",
+            Verdict::Failed { .. } if attempt.error.as_deref() == Some("timed out") => "timeout",
+            Verdict::Failed { .. } => "failed",
+        };
+        let metrics = metrics::get();
+        metrics
+            .webhook_attempts
+            .with_label_values(&[outcome_label])
+            .inc();
+        metrics
+            .webhook_seconds
+            .observe(attempt.latency_ms as f64 / 1000.0);
         let attempts_made = lease.delivery.attempts as usize + 1;
         let next = match verdict {
             Verdict::Delivered => NextStep::Delivered,

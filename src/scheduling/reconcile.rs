@@ -77,12 +77,16 @@ impl Reconciler {
         trigger: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<ReconcileCounts>, ReconcileError> {
+        let runs = &crate::metrics::get().reconcile_runs;
         let Some(run_id) = reconcile_runs::claim_slot(&self.db, slot, trigger, now).await? else {
+            runs.with_label_values(&["skipped"]).inc();
             return Ok(None);
         };
         let mut counts = ReconcileCounts::default();
         let outcome = self.reconcile(now, &mut counts).await;
         let error = outcome.as_ref().err().map(ToString::to_string);
+        runs.with_label_values(&[if error.is_some() { "error" } else { "ran" }])
+            .inc();
         reconcile_runs::record_finish(&self.db, run_id, counts, error, Utc::now()).await?;
         outcome.map(|()| Some(counts))
     }

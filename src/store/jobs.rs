@@ -231,3 +231,40 @@ pub async fn delete(db: &Db, ids: &[Uuid]) -> Result<u64, StoreError> {
         .await?
         .rows_affected)
 }
+
+/// The queue at a glance: jobs per status, and the age of the oldest due queued job.
+#[derive(Debug, Clone, Default)]
+pub struct QueueStats {
+    pub by_status: Vec<(&'static str, u64)>,
+    pub oldest_due_age_seconds: f64,
+}
+
+pub async fn queue_stats(db: &Db, now: chrono::DateTime<Utc>) -> Result<QueueStats, StoreError> {
+    let mut by_status = Vec::new();
+    for (status, name) in [
+        (JobStatus::Queued, "queued"),
+        (JobStatus::InProgress, "in_progress"),
+        (JobStatus::Succeeded, "succeeded"),
+        (JobStatus::Failed, "failed"),
+    ] {
+        let count = job::Entity::find()
+            .filter(job::Column::Status.eq(status))
+            .count(db.reader())
+            .await?;
+        by_status.push((name, count));
+    }
+    let oldest = job::Entity::find()
+        .filter(job::Column::Status.eq(JobStatus::Queued))
+        .filter(job::Column::RunAt.lte(now))
+        .order_by_asc(job::Column::RunAt)
+        .one(db.reader())
+        .await?;
+    let oldest_due_age_seconds = oldest
+        .and_then(|j| j.run_at)
+        .map(|at| (now - at).num_milliseconds().max(0) as f64 / 1000.0)
+        .unwrap_or(0.0);
+    Ok(QueueStats {
+        by_status,
+        oldest_due_age_seconds,
+    })
+}

@@ -23,6 +23,7 @@ pub use failure::JobFailure;
 use crate::{
     imaging,
     inference::{tips, DietTag, Scorer},
+    metrics,
     objects::{self, ObjectStore},
     outbound::GuardedClient,
     store::{
@@ -61,6 +62,12 @@ pub struct JobWorker {
     wakeups: Arc<Wakeups>,
     render: PayloadRenderer,
     settings: WorkerSettings,
+}
+
+/// End to end: from enqueue to the outcome.
+fn observe_job_age(lease: &Lease, now: chrono::DateTime<Utc>) {
+    let age = (now - lease.job.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+    metrics::get().job_seconds.observe(age);
 }
 
 /// A job's outcome on its way to the recorder, with where to say whether it was written.
@@ -274,17 +281,29 @@ impl JobWorker {
             return;
         };
         let processing_time_ms = started.elapsed().as_millis() as i64;
+        let metrics = metrics::get();
         let outcome = match worked {
-            Ok(scored) => Outcome::Succeeded {
-                result: scored.result,
-                model_version: scored.model_version,
-                processing_time_ms,
-            },
+            Ok(scored) => {
+                metrics
+                    .jobs_finished
+                    .with_label_values(&["succeeded", ""])
+                    .inc();
+                observe_job_age(&lease, now);
+                Outcome::Succeeded {
+                    result: scored.result,
+                    model_version: scored.model_version,
+                    processing_time_ms,
+                }
+            }
             Err(failure) => {
                 let attempts = lease.job.attempts;
                 if failure.transient && attempts < self.settings.max_attempts {
                     let delay = self.retry_delay(attempts);
                     tracing::info!(code = failure.code, error = %failure.message, attempts, ?delay, "transient failure; will retry");
+                    metrics
+                        .jobs_retried
+                        .with_label_values(&[failure.code])
+                        .inc();
                     Outcome::Retry {
                         run_at: now + chrono::Duration::from_std(delay).unwrap_or_default(),
                         code: failure.code.to_string(),
@@ -292,6 +311,11 @@ impl JobWorker {
                     }
                 } else {
                     tracing::info!(code = failure.code, error = %failure.message, attempts, "job failed");
+                    metrics
+                        .jobs_finished
+                        .with_label_values(&["failed", failure.code])
+                        .inc();
+                    observe_job_age(&lease, now);
                     Outcome::Failed {
                         code: failure.code.to_string(),
                         message: failure.message,
@@ -351,6 +375,13 @@ impl JobWorker {
             .collect();
         let lang = job.lang.as_deref().unwrap_or(tips::DEFAULT_LANG);
         let scored = self.scorer.score(bytes, &diets, lang).await?;
+        let metrics = metrics::get();
+        metrics
+            .preprocess_seconds
+            .observe(scored.timings.preprocess_ms / 1000.0);
+        metrics
+            .inference_seconds
+            .observe(scored.timings.inference_ms / 1000.0);
         let result = serde_json::to_value(&scored.result)
             .map_err(|e| JobFailure::permanent("inference_failed", e.to_string()))?;
         Ok(Scored {

@@ -7,6 +7,7 @@ mod health;
 mod helpers;
 mod lifecycle;
 mod openapi;
+mod operations;
 mod queue;
 mod receiver;
 mod reconcile;

@@ -1,0 +1,164 @@
+//! Prometheus metrics, in the text format at `GET /metrics`. One registry per process;
+//! subsystems record into it, and queue depth is read from the database at each scrape.
+//! Labels are bounded: operation ids and route patterns, outcomes and error codes, never a
+//! job id.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub jobs_enqueued: IntCounter,
+    pub jobs_finished: IntCounterVec,
+    pub jobs_retried: IntCounterVec,
+    pub queue_depth: GaugeVec,
+    pub oldest_queued_age: Gauge,
+    pub batch_size: Histogram,
+    pub preprocess_seconds: Histogram,
+    pub inference_seconds: Histogram,
+    pub job_seconds: Histogram,
+    pub webhook_attempts: IntCounterVec,
+    pub webhook_seconds: Histogram,
+    pub reconcile_runs: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "platescore_http_request_duration_seconds",
+                "Time to answer an HTTP request, by operation.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["operation"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(http_duration.clone()))
+            .expect("unique metric");
+        let jobs_enqueued = IntCounter::new(
+            "platescore_jobs_enqueued_total",
+            "Jobs accepted by POST /enqueue (idempotent replays excluded).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(jobs_enqueued.clone()))
+            .expect("unique metric");
+        let queue_depth = GaugeVec::new(
+            Opts::new(
+                "platescore_queue_depth",
+                "Jobs by state, read from the database at scrape time.",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(queue_depth.clone()))
+            .expect("unique metric");
+        let oldest_queued_age = Gauge::new(
+            "platescore_queue_oldest_age_seconds",
+            "Age of the oldest job that is due and still queued; 0 when none.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(oldest_queued_age.clone()))
+            .expect("unique metric");
+        Self {
+            http_requests: counter(
+                "platescore_http_requests_total",
+                "HTTP requests, by operation and status.",
+                &["operation", "status"],
+            ),
+            http_duration,
+            jobs_enqueued,
+            jobs_finished: counter(
+                "platescore_jobs_finished_total",
+                "Jobs finished, by status (succeeded, failed) and error code (none on success).",
+                &["status", "code"],
+            ),
+            jobs_retried: counter(
+                "platescore_jobs_retried_total",
+                "Job attempts that failed transiently and were queued again, by code.",
+                &["code"],
+            ),
+            queue_depth,
+            oldest_queued_age,
+            batch_size: histogram(
+                "platescore_batch_size",
+                "Images per inference batch.",
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+            ),
+            preprocess_seconds: histogram(
+                "platescore_preprocess_seconds",
+                "Decoding and resizing one image.",
+                LATENCY_BUCKETS,
+            ),
+            inference_seconds: histogram(
+                "platescore_inference_seconds",
+                "Waiting for a batch and running it, per image.",
+                LATENCY_BUCKETS,
+            ),
+            job_seconds: histogram(
+                "platescore_job_duration_seconds",
+                "From enqueue to the job's outcome (end to end).",
+                LATENCY_BUCKETS,
+            ),
+            webhook_attempts: counter(
+                "platescore_webhook_attempts_total",
+                "Webhook attempts, by outcome: delivered, failed, timeout, gone, skipped.",
+                &["outcome"],
+            ),
+            webhook_seconds: histogram(
+                "platescore_webhook_attempt_duration_seconds",
+                "Time of one webhook attempt, until the receiver's answer or the failure.",
+                LATENCY_BUCKETS,
+            ),
+            reconcile_runs: counter(
+                "platescore_reconcile_runs_total",
+                "Reconciliation slots, by result: ran, skipped (another node ran it), error.",
+                &["result"],
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,145 @@
+//! What operators see: the Prometheus exposition and request ids.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::helpers::{fixture, TestApp, TestOptions};
+
+/// Parses the text exposition strictly enough to catch a malformed line: every sample is
+/// `name{labels} value`, with a known name and a number.
+fn parse(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value of {line}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+            "{line}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "{line}");
+        }
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+async fn scrape(app: &TestApp) -> (String, HashMap<String, f64>) {
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = response.text().await.unwrap();
+    let samples = parse(&text);
+    (text, samples)
+}
+
+fn get(samples: &HashMap<String, f64>, series: &str) -> f64 {
+    samples.get(series).copied().unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn the_metrics_parse_and_move_as_jobs_flow() {
+    let app = TestApp::spawn_with(TestOptions::with_workers(|_| {})).await;
+    let (_, before) = scrape(&app).await;
+
+    let mut ids = Vec::new();
+    for (name, bytes) in [
+        ("apple.jpg", fixture("apple.jpg")),
+        ("broken.jpg", fixture("awkward/truncated_progressive.jpg")),
+    ] {
+        let response = app.upload(&app.key, bytes, name).await;
+        assert_eq!(response.status(), 202);
+        let job: Value = response.json().await.unwrap();
+        ids.push(job["job_id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        app.wait_until_settled(&app.key, id).await;
+    }
+    let (text, after) = scrape(&app).await;
+    let delta = |series: &str| get(&after, series) - get(&before, series);
+
+    // Counters are per process (other tests run beside this one): they move at least this much.
+    assert!(delta("platescore_jobs_enqueued_total") >= 2.0);
+    assert!(delta(r#"platescore_jobs_finished_total{code="",status="succeeded"}"#) >= 1.0);
+    assert!(
+        delta(r#"platescore_jobs_finished_total{code="image_corrupt",status="failed"}"#) >= 1.0,
+        "{text}"
+    );
+    assert!(delta(r#"platescore_http_requests_total{operation="enqueue",status="202"}"#) >= 2.0);
+    assert!(delta("platescore_batch_size_count") >= 1.0);
+    assert!(delta("platescore_preprocess_seconds_count") >= 1.0);
+    assert!(delta("platescore_job_duration_seconds_count") >= 2.0);
+    // The queue depth is this node's database, read at the scrape: exact.
+    assert_eq!(
+        get(&after, r#"platescore_queue_depth{state="succeeded"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(&after, r#"platescore_queue_depth{state="failed"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(&after, r#"platescore_queue_depth{state="queued"}"#),
+        0.0
+    );
+    assert_eq!(get(&after, "platescore_queue_oldest_age_seconds"), 0.0);
+    // Labels are operations, never URLs or ids.
+    for id in &ids {
+        assert!(!text.contains(id.as_str()));
+    }
+    assert!(!text.contains("/status/"));
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let app = TestApp::spawn().await;
+    let id = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let fresh = app
+        .client
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
+    let generated = id(&fresh).expect("an id is generated");
+    assert!(uuid::Uuid::parse_str(&generated).is_ok());
+
+    let given = app
+        .client
+        .get(app.url("/status/nope"))
+        .header("x-request-id", "trace-abc-123")
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.status(), 404);
+    assert_eq!(id(&given).as_deref(), Some("trace-abc-123"));
+
+    let unfit = app
+        .client
+        .get(app.url("/health/live"))
+        .header("x-request-id", "x".repeat(500))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(id(&unfit).unwrap(), "x".repeat(500));
+}
