@@ -7,13 +7,19 @@ use poem_openapi::{param::Query, payload::Json, ApiResponse, OpenApi};
 
 use super::{
     auth::PartnerAuth,
-    dto::{ReconcileRun, ReconcileRunList},
+    dto::{ReconcileRun, ReconcileRunList, UsageStats},
     problem::{ApiProblem, ApiResult},
     ApiTags, AppState,
 };
-use crate::store::reconcile_runs;
+use crate::store::{reconcile_runs, stats};
 
 pub struct AdminApi;
+
+#[derive(ApiResponse)]
+pub enum StatsResponse {
+    #[oai(status = 200)]
+    Ok(Json<UsageStats>),
+}
 
 #[derive(ApiResponse)]
 pub enum RunsResponse {
@@ -21,20 +27,55 @@ pub enum RunsResponse {
     Ok(Json<ReconcileRunList>),
 }
 
+fn admin_required() -> ApiProblem {
+    ApiProblem::new(
+        StatusCode::FORBIDDEN,
+        "admin_required",
+        "this needs an admin key",
+    )
+}
+
 fn require_admin(auth: &PartnerAuth) -> Result<(), ApiProblem> {
     if auth.partner().is_admin {
         Ok(())
     } else {
-        Err(ApiProblem::new(
-            StatusCode::FORBIDDEN,
-            "admin_required",
-            "this endpoint needs an admin key",
-        ))
+        Err(admin_required())
     }
 }
 
 #[OpenApi(tag = "ApiTags::Admin")]
 impl AdminApi {
+    /// Usage statistics: jobs per day, the score distribution, top labels, the not-food
+    /// share, processing time percentiles and the webhook success rate.
+    ///
+    /// Any key gets its own partner's; an admin key gets every partner's, or one partner's
+    /// with `partner_id`.
+    #[oai(path = "/admin/stats", method = "get", operation_id = "get_stats")]
+    async fn stats(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: PartnerAuth,
+        /// Days back from today (UTC), 1 to 90 (default 30).
+        #[oai(validator(minimum(value = "1"), maximum(value = "90")))]
+        days: Query<Option<u32>>,
+        /// Admin keys: only this partner's jobs.
+        partner_id: Query<Option<uuid::Uuid>>,
+    ) -> ApiResult<StatsResponse> {
+        let me = auth.partner();
+        let days = days.0.unwrap_or(30);
+        let (scope, partner) = match (me.is_admin, partner_id.0) {
+            (true, None) => ("all", None),
+            (true, Some(id)) => ("partner", Some(id)),
+            (false, None) => ("partner", Some(me.id)),
+            (false, Some(id)) if id == me.id => ("partner", Some(me.id)),
+            (false, Some(_)) => return Err(admin_required().into()),
+        };
+        let computed = stats::compute(&state.db, partner, chrono::Utc::now(), days).await?;
+        Ok(StatsResponse::Ok(Json(UsageStats::new(
+            scope, days, computed,
+        ))))
+    }
+
     /// The latest reconciliation runs, newest first, with what each fixed.
     #[oai(
         path = "/admin/reconcile-runs",

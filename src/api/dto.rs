@@ -506,3 +506,81 @@ pub struct Redelivery {
     /// Deliveries now due; 0 when the job has no webhook destination.
     pub deliveries: u32,
 }
+
+#[derive(Debug, Clone, Object)]
+pub struct DayCount {
+    /// A UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    pub jobs: u64,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct RatingCount {
+    pub rating: u8,
+    pub jobs: u64,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct LabelCount {
+    pub label: String,
+    pub jobs: u64,
+}
+
+/// Usage over the last days.
+#[derive(Debug, Clone, Object)]
+pub struct UsageStats {
+    /// `partner` (your jobs) or `all` (every partner's; admin keys only).
+    pub scope: String,
+    pub days: u32,
+    /// Jobs created per UTC day, oldest first; every day present.
+    pub jobs_per_day: Vec<DayCount>,
+    /// Succeeded food photos per rating, 1 to 5.
+    pub score_distribution: Vec<RatingCount>,
+    /// The ten most frequent top labels of succeeded jobs.
+    pub top_labels: Vec<LabelCount>,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Share of succeeded jobs that were not food.
+    pub not_food_share: f64,
+    #[oai(nullable)]
+    pub processing_ms_p50: Option<i64>,
+    #[oai(nullable)]
+    pub processing_ms_p95: Option<i64>,
+    /// Delivered / (delivered + failed) webhook deliveries; null when none settled.
+    #[oai(nullable)]
+    pub delivery_success_rate: Option<f64>,
+}
+
+impl UsageStats {
+    pub fn new(scope: &str, days: u32, stats: crate::store::stats::Stats) -> Self {
+        Self {
+            scope: scope.to_string(),
+            days,
+            jobs_per_day: stats
+                .jobs_per_day
+                .into_iter()
+                .map(|(day, jobs)| DayCount { day, jobs })
+                .collect(),
+            score_distribution: stats
+                .ratings
+                .iter()
+                .enumerate()
+                .map(|(i, jobs)| RatingCount {
+                    rating: i as u8 + 1,
+                    jobs: *jobs,
+                })
+                .collect(),
+            top_labels: stats
+                .top_labels
+                .into_iter()
+                .map(|(label, jobs)| LabelCount { label, jobs })
+                .collect(),
+            succeeded: stats.succeeded,
+            failed: stats.failed,
+            not_food_share: stats.not_food_share,
+            processing_ms_p50: stats.processing_ms_p50,
+            processing_ms_p95: stats.processing_ms_p95,
+            delivery_success_rate: stats.delivery_success_rate,
+        }
+    }
+}

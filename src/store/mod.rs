@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod partners;
 pub mod queue;
 pub mod reconcile_runs;
+pub mod stats;
 pub mod wakeups;
 
 use std::time::Duration;

@@ -143,3 +143,121 @@ async fn every_response_carries_a_request_id() {
         .unwrap();
     assert_ne!(id(&unfit).unwrap(), "x".repeat(500));
 }
+
+#[tokio::test]
+async fn stats_are_right_on_seeded_data_per_partner_and_for_admins() {
+    use sea_orm::{sea_query::Expr, ColumnTrait, EntityTrait, QueryFilter};
+    let app = TestApp::spawn().await;
+    let other = app.new_partner("other").await;
+    let admin = app.new_admin("ops").await;
+    // Mine: three succeeded (ratings 5, 5 and not food), one failed, one queued.
+    let seeds = [
+        (
+            &app.key,
+            "succeeded",
+            serde_json::json!({"is_food": true, "rating": 5, "labels": [{"label": "lemon"}]}),
+            100,
+        ),
+        (
+            &app.key,
+            "succeeded",
+            serde_json::json!({"is_food": true, "rating": 5, "labels": [{"label": "lemon"}]}),
+            200,
+        ),
+        (
+            &app.key,
+            "succeeded",
+            serde_json::json!({"is_food": false, "rating": null, "labels": [{"label": "tabby"}]}),
+            300,
+        ),
+        (&app.key, "failed", Value::Null, 400),
+        (&app.key, "queued", Value::Null, 0),
+        (
+            &other,
+            "succeeded",
+            serde_json::json!({"is_food": true, "rating": 2, "labels": [{"label": "pizza"}]}),
+            1000,
+        ),
+    ];
+    for (i, (key, status, result, ms)) in seeds.iter().enumerate() {
+        let mut bytes = fixture("apple.jpg");
+        bytes.extend_from_slice(format!("{i}").as_bytes());
+        let job: Value = app.upload(key, bytes, "a.jpg").await.json().await.unwrap();
+        let id: uuid::Uuid = job["job_id"].as_str().unwrap().parse().unwrap();
+        let status = match *status {
+            "succeeded" => entity::job::JobStatus::Succeeded,
+            "failed" => entity::job::JobStatus::Failed,
+            _ => entity::job::JobStatus::Queued,
+        };
+        let mut update = entity::job::Entity::update_many()
+            .col_expr(entity::job::Column::Status, Expr::value(status))
+            .filter(entity::job::Column::Id.eq(id));
+        if status != entity::job::JobStatus::Queued {
+            update = update.col_expr(
+                entity::job::Column::ProcessingTimeMs,
+                Expr::value(*ms as i64),
+            );
+        }
+        if !result.is_null() {
+            update = update.col_expr(entity::job::Column::Result, Expr::value(result.clone()));
+        }
+        update.exec(app.db.writer()).await.unwrap();
+    }
+
+    let mine = app.get_json(&app.key, "/admin/stats?days=7").await;
+    assert_eq!(mine["scope"], "partner");
+    let per_day = mine["jobs_per_day"].as_array().unwrap();
+    assert_eq!(per_day.len(), 7);
+    assert_eq!(
+        per_day[6]["day"],
+        chrono::Utc::now().format("%Y-%m-%d").to_string()
+    );
+    assert_eq!(per_day[6]["jobs"], 5);
+    assert_eq!(per_day[0]["jobs"], 0);
+    assert_eq!(mine["succeeded"], 3);
+    assert_eq!(mine["failed"], 1);
+    let ratings: Vec<u64> = mine["score_distribution"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["jobs"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ratings, vec![0, 0, 0, 0, 2]);
+    assert_eq!(
+        mine["top_labels"][0],
+        serde_json::json!({"label": "lemon", "jobs": 2})
+    );
+    assert_eq!(
+        mine["top_labels"][1],
+        serde_json::json!({"label": "tabby", "jobs": 1})
+    );
+    assert!((mine["not_food_share"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
+    assert_eq!(mine["processing_ms_p50"], 300);
+    assert_eq!(mine["processing_ms_p95"], 400);
+    assert_eq!(mine["delivery_success_rate"], Value::Null);
+
+    let all = app.get_json(&admin, "/admin/stats").await;
+    assert_eq!(all["scope"], "all");
+    assert_eq!(all["jobs_per_day"].as_array().unwrap().len(), 30);
+    assert_eq!(all["succeeded"], 4);
+    assert_eq!(all["score_distribution"][1]["jobs"], 1);
+    // A partner cannot ask for another's.
+    let partner_id = platescore::store::partners::authenticate(&app.db, &other)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let response = app
+        .client
+        .get(app.url(&format!("/admin/stats?partner_id={partner_id}")))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::assert_problem(response, 403, "admin_required").await;
+    let theirs = app
+        .get_json(&admin, &format!("/admin/stats?partner_id={partner_id}"))
+        .await;
+    assert_eq!(theirs["succeeded"], 1);
+    assert_eq!(theirs["top_labels"][0]["label"], "pizza");
+}
