@@ -218,7 +218,7 @@ impl Intake {
 
     /// Best effort: a failure here leaves an orphan object, never a row without its object.
     async fn remove_if_orphaned(&self, key: &str) {
-        match jobs::object_is_referenced(&self.db, key).await {
+        match jobs::object_is_referenced(&self.db, key, &[]).await {
             Ok(false) => {
                 if let Err(err) = self.objects.delete(key).await {
                     tracing::warn!(%key, error = %err, "could not remove an orphaned image");

@@ -331,7 +331,7 @@ pub struct DeliverySummary {
 impl From<delivery::Model> for DeliverySummary {
     fn from(d: delivery::Model) -> Self {
         Self {
-            webhook_id: format!("msg_{}", d.id.simple()),
+            webhook_id: crate::delivery::message_id(&d),
             delivery_id: d.id,
             endpoint_id: d.endpoint_id,
             url: d.url,

@@ -142,7 +142,7 @@ impl Reconciler {
             keys.sort_unstable();
             keys.dedup();
             for key in keys {
-                if jobs::object_is_referenced_by_others(&self.db, key, &ids).await? {
+                if jobs::object_is_referenced(&self.db, key, &ids).await? {
                     continue;
                 }
                 self.objects.delete(key).await?;

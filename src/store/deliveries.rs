@@ -306,7 +306,7 @@ fn outcome_update(
         NextStep::RetryAt(at) => (DeliveryStatus::Pending, Some(at), None),
         NextStep::GiveUp => (DeliveryStatus::Failed, None, None),
     };
-    let mut update = delivery::Entity::update_many()
+    let mut update = unleased(now)
         .col_expr(delivery::Column::Status, Expr::value(status))
         .col_expr(
             delivery::Column::NextAttemptAt,
@@ -314,18 +314,9 @@ fn outcome_update(
         )
         .col_expr(delivery::Column::DeliveredAt, Expr::value(delivered_at))
         .col_expr(
-            delivery::Column::LeaseToken,
-            Expr::value(Option::<Uuid>::None),
-        )
-        .col_expr(
-            delivery::Column::LeaseExpiresAt,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        )
-        .col_expr(
             delivery::Column::LastError,
             Expr::value(last_error(outcome)),
-        )
-        .col_expr(delivery::Column::UpdatedAt, Expr::value(now));
+        );
     if let Some(attempt) = &outcome.attempt {
         update = update
             .col_expr(
@@ -393,14 +384,8 @@ pub async fn redeliver(
         return Ok(count);
     }
     // Deliveries being sent right now are left to finish their attempt.
-    let reset = delivery::Entity::update_many()
-        .col_expr(
-            delivery::Column::Status,
-            Expr::value(DeliveryStatus::Pending),
-        )
-        .col_expr(delivery::Column::NextAttemptAt, Expr::value(now))
+    let reset = due_again(now)
         .col_expr(delivery::Column::Attempts, Expr::value(0))
-        .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
         .filter(delivery::Column::JobId.eq(job.id))
         .filter(delivery::Column::Status.ne(DeliveryStatus::Sending))
         .exec(&txn)
@@ -409,14 +394,10 @@ pub async fn redeliver(
     Ok(reset.rows_affected as usize)
 }
 
-/// Returns deliveries whose worker's lease expired to the queue, due now.
-pub async fn rescue_expired(db: &Db, now: DateTime<Utc>) -> Result<u64, StoreError> {
-    let result = delivery::Entity::update_many()
-        .col_expr(
-            delivery::Column::Status,
-            Expr::value(DeliveryStatus::Pending),
-        )
-        .col_expr(delivery::Column::NextAttemptAt, Expr::value(now))
+/// An UPDATE of deliveries that ends their lease at `now`; callers add the rest.
+fn unleased(now: DateTime<Utc>) -> sea_orm::UpdateMany<delivery::Entity> {
+    delivery::Entity::update_many()
+        .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
         .col_expr(
             delivery::Column::LeaseToken,
             Expr::value(Option::<Uuid>::None),
@@ -425,7 +406,21 @@ pub async fn rescue_expired(db: &Db, now: DateTime<Utc>) -> Result<u64, StoreErr
             delivery::Column::LeaseExpiresAt,
             Expr::value(Option::<DateTime<Utc>>::None),
         )
-        .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
+}
+
+/// An UPDATE that makes deliveries due now, unleased.
+fn due_again(now: DateTime<Utc>) -> sea_orm::UpdateMany<delivery::Entity> {
+    unleased(now)
+        .col_expr(
+            delivery::Column::Status,
+            Expr::value(DeliveryStatus::Pending),
+        )
+        .col_expr(delivery::Column::NextAttemptAt, Expr::value(now))
+}
+
+/// Returns deliveries whose worker's lease expired to the queue, due now.
+pub async fn rescue_expired(db: &Db, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    let result = due_again(now)
         .filter(delivery::Column::Status.eq(DeliveryStatus::Sending))
         .filter(delivery::Column::LeaseExpiresAt.lt(now))
         .exec(db.writer())
@@ -452,22 +447,8 @@ pub async fn reschedule_undelivered(
                 .add(webhook_endpoint::Column::DeletedAt.is_not_null()),
         )
         .into_query();
-    let result = delivery::Entity::update_many()
-        .col_expr(
-            delivery::Column::Status,
-            Expr::value(DeliveryStatus::Pending),
-        )
-        .col_expr(delivery::Column::NextAttemptAt, Expr::value(now))
+    let result = due_again(now)
         .col_expr(delivery::Column::Attempts, Expr::value(0))
-        .col_expr(
-            delivery::Column::LeaseToken,
-            Expr::value(Option::<Uuid>::None),
-        )
-        .col_expr(
-            delivery::Column::LeaseExpiresAt,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        )
-        .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
         .filter(
             sea_orm::Condition::any()
                 .add(delivery::Column::Status.eq(DeliveryStatus::Failed))

@@ -44,13 +44,6 @@ pub async fn list(db: &Db, partner_id: Uuid) -> Result<Vec<webhook_endpoint::Mod
         .await?)
 }
 
-/// An endpoint by id, deleted or not (a delivery must know its endpoint is gone).
-pub async fn find(db: &Db, id: Uuid) -> Result<Option<webhook_endpoint::Model>, StoreError> {
-    Ok(webhook_endpoint::Entity::find_by_id(id)
-        .one(db.reader())
-        .await?)
-}
-
 /// Several endpoints by id, deleted or not.
 pub async fn find_many(db: &Db, ids: &[Uuid]) -> Result<Vec<webhook_endpoint::Model>, StoreError> {
     if ids.is_empty() {

@@ -186,15 +186,6 @@ pub async fn list(
         .await?)
 }
 
-/// Whether any job still points at this object.
-pub async fn object_is_referenced(db: &Db, image_key: &str) -> Result<bool, StoreError> {
-    Ok(job::Entity::find()
-        .filter(job::Column::ImageKey.eq(image_key))
-        .count(db.writer())
-        .await?
-        > 0)
-}
-
 /// Up to `limit` jobs created before `cutoff`, oldest first: the retention sweep's next batch.
 pub async fn expired(
     db: &Db,
@@ -209,8 +200,8 @@ pub async fn expired(
         .await?)
 }
 
-/// Whether a job other than `except` points at this object.
-pub async fn object_is_referenced_by_others(
+/// Whether a job other than those in `except` points at this object.
+pub async fn object_is_referenced(
     db: &Db,
     image_key: &str,
     except: &[Uuid],

@@ -181,15 +181,20 @@ pub async fn finish_many(
     Ok(results)
 }
 
-/// The UPDATE that records an outcome, without its row filter.
-fn outcome_update(outcome: Outcome, now: DateTime<Utc>) -> sea_orm::UpdateMany<job::Entity> {
-    let update = job::Entity::update_many()
+/// An UPDATE of jobs that ends their lease at `now`; callers add the rest.
+fn unleased(now: DateTime<Utc>) -> sea_orm::UpdateMany<job::Entity> {
+    job::Entity::update_many()
         .col_expr(job::Column::UpdatedAt, Expr::value(now))
         .col_expr(job::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
         .col_expr(
             job::Column::LeaseExpiresAt,
             Expr::value(Option::<DateTime<Utc>>::None),
-        );
+        )
+}
+
+/// The UPDATE that records an outcome, without its row filter.
+fn outcome_update(outcome: Outcome, now: DateTime<Utc>) -> sea_orm::UpdateMany<job::Entity> {
+    let update = unleased(now);
     match outcome {
         Outcome::Succeeded {
             result,
@@ -277,15 +282,9 @@ pub async fn reusable_result(
 
 /// Returns a job to the queue at once, for a worker that is shutting down.
 pub async fn release(db: &Db, lease: &Lease, now: DateTime<Utc>) -> Result<bool, StoreError> {
-    let result = job::Entity::update_many()
+    let result = unleased(now)
         .col_expr(job::Column::Status, Expr::value(JobStatus::Queued))
         .col_expr(job::Column::RunAt, Expr::value(now))
-        .col_expr(job::Column::UpdatedAt, Expr::value(now))
-        .col_expr(job::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
-        .col_expr(
-            job::Column::LeaseExpiresAt,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        )
         // The attempt did not happen; give it back.
         .col_expr(
             job::Column::Attempts,
@@ -390,15 +389,9 @@ async fn requeue(
     max_attempts: i32,
     now: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
-    Ok(job::Entity::update_many()
+    Ok(unleased(now)
         .col_expr(job::Column::Status, Expr::value(JobStatus::Queued))
         .col_expr(job::Column::RunAt, Expr::value(now))
-        .col_expr(job::Column::UpdatedAt, Expr::value(now))
-        .col_expr(job::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
-        .col_expr(
-            job::Column::LeaseExpiresAt,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        )
         .filter(which)
         .filter(job::Column::Attempts.lt(max_attempts))
         .exec(db.writer())
@@ -425,7 +418,7 @@ async fn fail_exhausted(
     let mut failed = 0;
     for stuck in exhausted {
         let txn = db.writer().begin().await?;
-        let changed = job::Entity::update_many()
+        let changed = unleased(now)
             .col_expr(job::Column::Status, Expr::value(JobStatus::Failed))
             .col_expr(job::Column::ErrorCode, Expr::value(code))
             .col_expr(
@@ -433,12 +426,6 @@ async fn fail_exhausted(
                 Expr::value(format!("{message} ({} attempts)", stuck.attempts)),
             )
             .col_expr(job::Column::FinishedAt, Expr::value(now))
-            .col_expr(job::Column::UpdatedAt, Expr::value(now))
-            .col_expr(job::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
-            .col_expr(
-                job::Column::LeaseExpiresAt,
-                Expr::value(Option::<DateTime<Utc>>::None),
-            )
             .filter(job::Column::Id.eq(stuck.id))
             .filter(which())
             .exec_with_returning(&txn)

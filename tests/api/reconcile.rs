@@ -236,12 +236,15 @@ async fn reconciliation_fixes_seeded_stale_states_once_per_slot() {
     let fresh_job = load(&app, fresh).await.unwrap();
     assert_eq!(fresh_job.run_at, Some(now - Duration::minutes(5)));
 
-    let dead_endpoint = endpoints::find(&app.db, dead).await.unwrap().unwrap();
-    assert_eq!(dead_endpoint.disabled_reason.as_deref(), Some("failing"));
-    assert!(endpoints::find(&app.db, flaky)
+    let dead_endpoint = endpoints::find_many(&app.db, &[dead])
         .await
         .unwrap()
+        .remove(0);
+    assert_eq!(dead_endpoint.disabled_reason.as_deref(), Some("failing"));
+    assert!(endpoints::find_many(&app.db, &[flaky])
+        .await
         .unwrap()
+        .remove(0)
         .disabled_at
         .is_none());
     let deliveries = delivery::Entity::find()
