@@ -229,7 +229,8 @@ pub async fn ensure_first_partner(db: &Db, addr: SocketAddr) -> anyhow::Result<(
     let key = key.expose();
     eprintln!(
         "\nCreated a first partner `{}` ({}). Its API key is shown only now:\n\n    {key}\n\n\
-         Try it:\n\n    curl -s -H 'Authorization: Bearer {key}' -F image=@meal.jpg http://{addr}/enqueue\n",
+         Try it:\n\n    curl -s -H 'Authorization: Bearer {key}' -F image=@meal.jpg http://{addr}/enqueue\n\n\
+         It is an admin key; the operators' dashboard:\n\n    http://{addr}/dashboard#key={key}\n",
         partner.name, partner.id
     );
     Ok(())

@@ -8,6 +8,7 @@ mod m20261123_000002_create_jobs;
 mod m20261123_000003_job_leases;
 mod m20261123_000004_lifecycle;
 mod m20261123_000005_job_diets;
+mod m20261123_000006_overview_indexes;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_job_leases::Migration),
             Box::new(m20261123_000004_lifecycle::Migration),
             Box::new(m20261123_000005_job_diets::Migration),
+            Box::new(m20261123_000006_overview_indexes::Migration),
         ]
     }
 }

@@ -7,11 +7,11 @@ use poem_openapi::{param::Query, payload::Json, ApiResponse, OpenApi};
 
 use super::{
     auth::PartnerAuth,
-    dto::{ReconcileRun, ReconcileRunList, UsageStats},
+    dto::{ReconcileRun, ReconcileRunList, ServiceOverview, UsageStats},
     problem::{ApiProblem, ApiResult},
     ApiTags, AppState,
 };
-use crate::store::{reconcile_runs, stats};
+use crate::store::{overview, reconcile_runs, stats};
 
 pub struct AdminApi;
 
@@ -19,6 +19,12 @@ pub struct AdminApi;
 pub enum StatsResponse {
     #[oai(status = 200)]
     Ok(Json<UsageStats>),
+}
+
+#[derive(ApiResponse)]
+pub enum OverviewResponse {
+    #[oai(status = 200)]
+    Ok(Json<ServiceOverview>),
 }
 
 #[derive(ApiResponse)]
@@ -95,5 +101,27 @@ impl AdminApi {
         Ok(RunsResponse::Ok(Json(ReconcileRunList {
             runs: runs.into_iter().map(ReconcileRun::from).collect(),
         })))
+    }
+
+    /// The whole service at a glance, for the dashboard: jobs per state, the last minutes
+    /// per minute (enqueued, finished, backlog, latency), the latest failed jobs, failing
+    /// endpoints and reconciliation runs.
+    #[oai(
+        path = "/admin/overview",
+        method = "get",
+        operation_id = "get_overview"
+    )]
+    async fn overview(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: PartnerAuth,
+        /// How many minutes back, the current one included: 5 to 180 (default 60).
+        #[oai(validator(minimum(value = "5"), maximum(value = "180")))]
+        minutes: Query<Option<u32>>,
+    ) -> ApiResult<OverviewResponse> {
+        require_admin(&auth)?;
+        let computed =
+            overview::compute(&state.db, chrono::Utc::now(), minutes.0.unwrap_or(60)).await?;
+        Ok(OverviewResponse::Ok(Json(computed.into())))
     }
 }

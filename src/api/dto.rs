@@ -584,3 +584,160 @@ impl UsageStats {
         }
     }
 }
+
+/// Jobs per state now, and how long the oldest due job has waited.
+#[derive(Debug, Clone, Object)]
+pub struct QueueDepth {
+    pub queued: u64,
+    pub in_progress: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Seconds since the oldest queued job became due; 0 when none waits.
+    pub oldest_queued_age_seconds: f64,
+}
+
+/// One minute of the whole service.
+#[derive(Debug, Clone, Object)]
+pub struct MinuteFigures {
+    /// The minute's first instant (UTC).
+    pub start: Timestamp,
+    pub enqueued: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Jobs queued or in progress at the minute's end (now, for the current minute).
+    pub backlog: u64,
+    /// Median enqueue-to-finish time of the jobs finished in the minute, in ms, estimated
+    /// from buckets 25% wide; null when none finished.
+    #[oai(nullable)]
+    pub latency_p50_ms: Option<f64>,
+    #[oai(nullable)]
+    pub latency_p95_ms: Option<f64>,
+}
+
+/// A failed job, as operators see it.
+#[derive(Debug, Clone, Object)]
+pub struct FailedJobSummary {
+    pub job_id: Uuid,
+    pub partner_id: Uuid,
+    #[oai(nullable)]
+    pub partner_name: Option<String>,
+    /// The stable error code, e.g. `image_corrupt`.
+    pub code: String,
+    pub message: String,
+    pub attempts: i32,
+    #[oai(nullable)]
+    pub finished_at: Option<Timestamp>,
+}
+
+impl From<crate::store::overview::FailedJob> for FailedJobSummary {
+    fn from(failed: crate::store::overview::FailedJob) -> Self {
+        let job = failed.job;
+        Self {
+            job_id: job.id,
+            partner_id: job.partner_id,
+            partner_name: failed.partner_name,
+            code: job.error_code.unwrap_or_else(|| "unknown".into()),
+            message: job.error_message.unwrap_or_default(),
+            attempts: job.attempts,
+            finished_at: job.finished_at.map(Timestamp),
+        }
+    }
+}
+
+/// A webhook endpoint whose deliveries fail, or that was disabled.
+#[derive(Debug, Clone, Object)]
+pub struct FailingEndpoint {
+    #[oai(flatten)]
+    pub endpoint: WebhookEndpoint,
+    pub partner_id: Uuid,
+    #[oai(nullable)]
+    pub partner_name: Option<String>,
+    /// Deliveries to it waiting for a retry.
+    pub retrying_deliveries: u64,
+    #[oai(nullable)]
+    pub last_attempt_at: Option<Timestamp>,
+    #[oai(nullable)]
+    pub last_status_code: Option<i32>,
+    #[oai(nullable)]
+    pub last_error: Option<String>,
+}
+
+impl From<crate::store::overview::FailingEndpoint> for FailingEndpoint {
+    fn from(failing: crate::store::overview::FailingEndpoint) -> Self {
+        Self {
+            partner_id: failing.endpoint.partner_id,
+            partner_name: failing.partner_name,
+            retrying_deliveries: failing.retrying,
+            last_attempt_at: failing.last_attempt_at.map(Timestamp),
+            last_status_code: failing.last_status_code,
+            last_error: failing.last_error,
+            endpoint: failing.endpoint.into(),
+        }
+    }
+}
+
+/// The whole service at a glance, as the dashboard shows it.
+#[derive(Debug, Clone, Object)]
+pub struct ServiceOverview {
+    pub generated_at: Timestamp,
+    pub queue: QueueDepth,
+    /// One entry per minute, oldest first; the last is the current minute, still running.
+    pub minutes: Vec<MinuteFigures>,
+    /// The latest failed jobs, newest first (at most 20).
+    pub recent_failures: Vec<FailedJobSummary>,
+    /// Endpoints failing now or disabled, most recently changed first (at most 20).
+    pub failing_endpoints: Vec<FailingEndpoint>,
+    /// The latest reconciliation runs, newest first (at most 20).
+    pub reconcile_runs: Vec<ReconcileRun>,
+}
+
+impl From<crate::store::overview::Overview> for ServiceOverview {
+    fn from(overview: crate::store::overview::Overview) -> Self {
+        let depth = |state: &str| {
+            overview
+                .queue
+                .by_status
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or(0, |(_, n)| *n)
+        };
+        Self {
+            generated_at: Timestamp(overview.now),
+            queue: QueueDepth {
+                queued: depth("queued"),
+                in_progress: depth("in_progress"),
+                succeeded: depth("succeeded"),
+                failed: depth("failed"),
+                oldest_queued_age_seconds: overview.queue.oldest_due_age_seconds,
+            },
+            minutes: overview
+                .minutes
+                .into_iter()
+                .map(|m| MinuteFigures {
+                    start: Timestamp(m.start),
+                    enqueued: m.enqueued,
+                    succeeded: m.succeeded,
+                    failed: m.failed,
+                    backlog: m.backlog,
+                    latency_p50_ms: m.latency_p50_ms,
+                    latency_p95_ms: m.latency_p95_ms,
+                })
+                .collect(),
+            recent_failures: overview
+                .recent_failures
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+            failing_endpoints: overview
+                .failing_endpoints
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+            reconcile_runs: overview
+                .reconcile_runs
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+        }
+    }
+}

@@ -2,6 +2,7 @@
 
 mod admin;
 pub mod auth;
+mod dashboard;
 pub mod dto;
 mod health;
 mod jobs;
@@ -79,7 +80,8 @@ pub fn spec_json() -> String {
     spec
 }
 
-/// The whole HTTP app: API, spec, docs, the body limit and problem-details errors.
+/// The whole HTTP app: API, spec, docs, the dashboard, the body limit and problem-details
+/// errors.
 pub fn app(state: Arc<AppState>, max_body_bytes: u64) -> impl Endpoint {
     let service = service();
     let spec = service.spec_endpoint();
@@ -87,6 +89,7 @@ pub fn app(state: Arc<AppState>, max_body_bytes: u64) -> impl Endpoint {
     Route::new()
         .at("/openapi.json", get(spec))
         .at("/metrics", get(metrics_text))
+        .nest("/dashboard", dashboard::routes())
         .nest("/docs", docs)
         .nest("/", service.with(payload::BodyLimit::new(max_body_bytes)))
         .data(state)

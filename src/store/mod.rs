@@ -6,6 +6,7 @@
 pub mod deliveries;
 pub mod endpoints;
 pub mod jobs;
+pub mod overview;
 pub mod partners;
 pub mod queue;
 pub mod reconcile_runs;

@@ -1,0 +1,649 @@
+//! The operators' overview and the dashboard that draws it, over seeded history: the JSON
+//! exactly, and the page in a real headless Chromium (Debian's `chromium`).
+//!
+//! Chromium is looked up as `PLATESCORE_TEST_CHROMIUM`, else `chromium`, `chromium-browser`
+//! or `google-chrome` on `PATH`. Without one the browser tests are skipped with a notice,
+//! except under `CI`, where they fail. The screenshot goes to `PLATESCORE_TEST_ARTIFACTS`
+//! (else `target/tmp/artifacts`).
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use chrono::{DateTime, DurationRound, Utc};
+use entity::{delivery, job, webhook_endpoint};
+use platescore::store::{endpoints, partners, reconcile_runs};
+use sea_orm::{
+    sea_query::Expr, ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::helpers::{assert_problem, fixture, TestApp};
+
+/// What was seeded, minute by minute from `base` (ten minutes ago, on the minute):
+/// - base+0: three jobs enqueued and succeeded, each 1 s after enqueue; one more enqueued
+///   that finishes at base+3 (3 min later);
+/// - base+2: one job enqueued and failed (`image_corrupt`) 500 ms later;
+/// - base+5: two jobs enqueued, still queued.
+struct Seeded {
+    base: DateTime<Utc>,
+    admin: String,
+    failed_job: Uuid,
+    failing_url: String,
+    gone_url: String,
+}
+
+fn minute(base: DateTime<Utc>, offset: i64) -> String {
+    (base + chrono::Duration::minutes(offset)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+async fn seed(app: &TestApp) -> Seeded {
+    let now = Utc::now();
+    let base =
+        now.duration_trunc(chrono::Duration::minutes(1)).unwrap() - chrono::Duration::minutes(10);
+    let at = |minutes: i64, ms: i64| {
+        base + chrono::Duration::minutes(minutes) + chrono::Duration::milliseconds(ms)
+    };
+    let admin = app.new_admin("ops").await;
+    // (enqueued, finished, status, error code)
+    let plan = [
+        (
+            at(0, 1_000),
+            Some(at(0, 2_000)),
+            job::JobStatus::Succeeded,
+            None,
+        ),
+        (
+            at(0, 2_000),
+            Some(at(0, 3_000)),
+            job::JobStatus::Succeeded,
+            None,
+        ),
+        (
+            at(0, 3_000),
+            Some(at(0, 4_000)),
+            job::JobStatus::Succeeded,
+            None,
+        ),
+        (
+            at(0, 30_000),
+            Some(at(3, 30_000)),
+            job::JobStatus::Succeeded,
+            None,
+        ),
+        (
+            at(2, 1_000),
+            Some(at(2, 1_500)),
+            job::JobStatus::Failed,
+            Some("image_corrupt"),
+        ),
+        (at(5, 0), None, job::JobStatus::Queued, None),
+        (at(5, 1_000), None, job::JobStatus::Queued, None),
+    ];
+    let mut failed_job = Uuid::nil();
+    for (i, (created, finished, status, code)) in plan.into_iter().enumerate() {
+        let mut bytes = fixture("apple.jpg");
+        bytes.extend_from_slice(format!("seed {i}").as_bytes());
+        let response = app.upload(&app.key, bytes, "meal.jpg").await;
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.unwrap();
+        let id: Uuid = body["job_id"].as_str().unwrap().parse().unwrap();
+        let mut update = job::Entity::update_many()
+            .filter(job::Column::Id.eq(id))
+            .col_expr(job::Column::Status, Expr::value(status))
+            .col_expr(job::Column::CreatedAt, Expr::value(created))
+            .col_expr(job::Column::RunAt, Expr::value(created))
+            .col_expr(job::Column::FinishedAt, Expr::value(finished));
+        if status != job::JobStatus::Queued {
+            update = update.col_expr(job::Column::Attempts, Expr::value(1));
+        }
+        if let Some(code) = code {
+            failed_job = id;
+            update = update
+                .col_expr(job::Column::ErrorCode, Expr::value(code))
+                .col_expr(
+                    job::Column::ErrorMessage,
+                    Expr::value("the image is corrupt or truncated"),
+                );
+        }
+        update.exec(app.db.writer()).await.unwrap();
+    }
+
+    // A failing endpoint with one delivery waiting for its fourth attempt, and one disabled
+    // after a 410.
+    let partner = partners::authenticate(&app.db, &app.key)
+        .await
+        .unwrap()
+        .unwrap();
+    let failing_url = "https://hooks.example.net/platescore?tenant=<b>42</b>".to_string();
+    let gone_url = "https://old.example.net/hook".to_string();
+    let failing = endpoints::create(
+        &app.db,
+        partner.id,
+        failing_url.clone(),
+        None,
+        "whsec_x".into(),
+    )
+    .await
+    .unwrap();
+    let gone = endpoints::create(
+        &app.db,
+        partner.id,
+        gone_url.clone(),
+        None,
+        "whsec_y".into(),
+    )
+    .await
+    .unwrap();
+    let failing_id = failing.id;
+    let mut failing: webhook_endpoint::ActiveModel = failing.into();
+    failing.failing_since = Set(Some(at(2, 5_000)));
+    failing.update(app.db.writer()).await.unwrap();
+    let mut gone: webhook_endpoint::ActiveModel = gone.into();
+    gone.disabled_at = Set(Some(at(1, 0)));
+    gone.disabled_reason = Set(Some("gone".into()));
+    gone.update(app.db.writer()).await.unwrap();
+    delivery::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        job_id: Set(failed_job),
+        partner_id: Set(partner.id),
+        endpoint_id: Set(Some(failing_id)),
+        url: Set(failing_url.clone()),
+        event_type: Set("job.failed".into()),
+        payload: Set("{}".into()),
+        status: Set(delivery::DeliveryStatus::Pending),
+        attempts: Set(3),
+        next_attempt_at: Set(Some(now + chrono::Duration::hours(1))),
+        lease_token: Set(None),
+        lease_expires_at: Set(None),
+        last_status_code: Set(Some(503)),
+        last_error: Set(None),
+        delivered_at: Set(None),
+        created_at: Set(at(2, 2_000)),
+        updated_at: Set(at(2, 30_000)),
+    }
+    .insert(app.db.writer())
+    .await
+    .unwrap();
+
+    // Two reconciliation runs: a clean one and one that stopped on an error.
+    for (slot, requeued, error) in [
+        (base - chrono::Duration::days(1), 2, None),
+        (base, 0, Some("database: connection reset".to_string())),
+    ] {
+        let id = reconcile_runs::claim_slot(&app.db, slot, "schedule", slot)
+            .await
+            .unwrap()
+            .unwrap();
+        let counts = reconcile_runs::ReconcileCounts {
+            jobs_requeued: requeued,
+            jobs_failed_stale: 1,
+            ..Default::default()
+        };
+        reconcile_runs::record_finish(
+            &app.db,
+            id,
+            counts,
+            error,
+            slot + chrono::Duration::seconds(2),
+        )
+        .await
+        .unwrap();
+    }
+    Seeded {
+        base,
+        admin,
+        failed_job,
+        failing_url,
+        gone_url,
+    }
+}
+
+fn minute_entry<'a>(overview: &'a Value, start: &str) -> &'a Value {
+    overview["minutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["start"] == start)
+        .unwrap_or_else(|| panic!("no minute {start}"))
+}
+
+/// `true` when an estimate from 25%-wide buckets can stand for `actual`.
+fn within_bucket(estimate: f64, actual: f64) -> bool {
+    estimate >= actual / 1.3 && estimate <= actual * 1.3
+}
+
+#[tokio::test]
+async fn the_overview_is_right_on_seeded_history() {
+    let app = TestApp::spawn().await;
+    let seeded = seed(&app).await;
+    let overview = app.get_json(&seeded.admin, "/admin/overview").await;
+    let base = seeded.base;
+
+    assert_eq!(overview["queue"]["queued"], 2);
+    assert_eq!(overview["queue"]["in_progress"], 0);
+    assert_eq!(overview["queue"]["succeeded"], 4);
+    assert_eq!(overview["queue"]["failed"], 1);
+    // The oldest queued job became due at base+5.
+    let age = overview["queue"]["oldest_queued_age_seconds"]
+        .as_f64()
+        .unwrap();
+    let expected = (Utc::now() - (base + chrono::Duration::minutes(5))).num_seconds() as f64;
+    assert!((age - expected).abs() < 5.0, "{age} vs {expected}");
+
+    let minutes = overview["minutes"].as_array().unwrap();
+    assert_eq!(minutes.len(), 60);
+    let field =
+        |offset: i64, name: &str| minute_entry(&overview, &minute(base, offset))[name].clone();
+    // (offset, enqueued, succeeded, failed, backlog at the minute's end)
+    for (offset, enqueued, succeeded, failed, backlog) in [
+        (-1, 0, 0, 0, 0),
+        (0, 4, 3, 0, 1),
+        (1, 0, 0, 0, 1),
+        (2, 1, 0, 1, 1),
+        (3, 0, 1, 0, 0),
+        (4, 0, 0, 0, 0),
+        (5, 2, 0, 0, 2),
+        (8, 0, 0, 0, 2),
+    ] {
+        assert_eq!(field(offset, "enqueued"), enqueued, "enqueued at +{offset}");
+        assert_eq!(
+            field(offset, "succeeded"),
+            succeeded,
+            "succeeded at +{offset}"
+        );
+        assert_eq!(field(offset, "failed"), failed, "failed at +{offset}");
+        assert_eq!(field(offset, "backlog"), backlog, "backlog at +{offset}");
+    }
+    assert_eq!(minutes.last().unwrap()["backlog"], 2);
+    let totals = |name: &str| {
+        minutes
+            .iter()
+            .map(|m| m[name].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(totals("enqueued"), 7);
+    assert_eq!(totals("succeeded") + totals("failed"), 5);
+    // Latency: 1 s for base+0's three, 500 ms for the failure, 3 min for the slow one.
+    for (offset, actual) in [(0, 1_000.0), (2, 500.0), (3, 180_000.0)] {
+        for quantile in ["latency_p50_ms", "latency_p95_ms"] {
+            let estimate = field(offset, quantile).as_f64().unwrap();
+            assert!(
+                within_bucket(estimate, actual),
+                "{quantile} at +{offset}: {estimate}"
+            );
+        }
+    }
+    assert_eq!(field(1, "latency_p50_ms"), Value::Null);
+
+    let failures = overview["recent_failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0]["job_id"], seeded.failed_job.to_string());
+    assert_eq!(failures[0]["code"], "image_corrupt");
+    assert_eq!(failures[0]["partner_name"], "test partner");
+    assert_eq!(failures[0]["attempts"], 1);
+
+    let endpoints = overview["failing_endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 2);
+    let by_url: HashMap<&str, &Value> = endpoints
+        .iter()
+        .map(|e| (e["url"].as_str().unwrap(), e))
+        .collect();
+    let failing = by_url[seeded.failing_url.as_str()];
+    assert_eq!(failing["enabled"], true);
+    assert_eq!(failing["retrying_deliveries"], 1);
+    assert_eq!(failing["last_status_code"], 503);
+    let failing_since = base + chrono::Duration::minutes(2) + chrono::Duration::seconds(5);
+    assert_eq!(
+        failing["failing_since"],
+        failing_since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    let gone = by_url[seeded.gone_url.as_str()];
+    assert_eq!(gone["enabled"], false);
+    assert_eq!(gone["disabled_reason"], "gone");
+    assert_eq!(gone["retrying_deliveries"], 0);
+    assert_eq!(gone["last_attempt_at"], Value::Null);
+
+    let runs = overview["reconcile_runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["slot"], minute(base, 0));
+    assert_eq!(runs[0]["error"], "database: connection reset");
+    assert_eq!(runs[1]["jobs_requeued"], 2);
+
+    // A shorter window; the range is checked; partners and strangers are refused.
+    let short = app
+        .get_json(&seeded.admin, "/admin/overview?minutes=5")
+        .await;
+    assert_eq!(short["minutes"].as_array().unwrap().len(), 5);
+    for query in ["?minutes=4", "?minutes=181", "?minutes=soon"] {
+        let response = app
+            .client
+            .get(app.url(&format!("/admin/overview{query}")))
+            .bearer_auth(&seeded.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, 400, "invalid_parameter").await;
+    }
+    let response = app
+        .client
+        .get(app.url("/admin/overview"))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 403, "admin_required").await;
+    let response = app
+        .client
+        .get(app.url("/admin/overview"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test]
+async fn the_dashboard_is_served_whole_from_the_binary() {
+    let app = TestApp::spawn().await;
+    let page = app.client.get(app.url("/dashboard")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+    let html = page.text().await.unwrap();
+
+    // Every asset the page names is served here, and none names another host.
+    let mut bodies = vec![html.clone()];
+    for (path, content_type) in [
+        ("/dashboard/dashboard.js", "text/javascript; charset=utf-8"),
+        ("/dashboard/dashboard.css", "text/css; charset=utf-8"),
+    ] {
+        assert!(html.contains(&format!("\"{path}\"")), "{path} is linked");
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.headers()["content-type"], content_type);
+        bodies.push(response.text().await.unwrap());
+    }
+    for body in &bodies {
+        let body = body.replace("http://www.w3.org/2000/svg", "");
+        for elsewhere in ["http://", "https://", "=\"//", "url(", "@import"] {
+            assert!(!body.contains(elsewhere), "{elsewhere} in an asset");
+        }
+    }
+}
+
+// ---- in Chromium ----
+
+fn chromium() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PLATESCORE_TEST_CHROMIUM") {
+        return Some(path.into());
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).find_map(|dir| {
+            ["chromium", "chromium-browser", "google-chrome"]
+                .iter()
+                .map(|name| dir.join(name))
+                .find(|path| path.is_file())
+        })
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install Chromium (apt-get install chromium)"
+        );
+        eprintln!("skipped: no Chromium on PATH (set PLATESCORE_TEST_CHROMIUM)");
+    }
+    found
+}
+
+/// Runs headless Chromium on `url` with `args` (`--dump-dom` or `--screenshot=…`) and returns
+/// what it printed. It gets 5 s of virtual time: enough for the first poll, no more.
+async fn run_chromium(browser: &Path, args: &[String], url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut child = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(out.reopen().unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromium starts");
+    // Poll rather than block: this test's server runs on the same runtime.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "chromium: {status}");
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            child.kill().ok();
+            panic!("chromium took over 90 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::read_to_string(out.path()).unwrap()
+}
+
+/// The start tags in serialised HTML, as (name, attributes), attribute values unescaped.
+fn tags(html: &str) -> Vec<(String, HashMap<String, String>)> {
+    let mut found = Vec::new();
+    for chunk in html.split('<').skip(1) {
+        let Some(end) = chunk.find('>') else { continue };
+        let inner = &chunk[..end];
+        let name_end = inner.find([' ', '/']).unwrap_or(inner.len());
+        let name = inner[..name_end].to_ascii_lowercase();
+        let mut attributes = HashMap::new();
+        let mut rest = &inner[name_end..];
+        while let Some(eq) = rest.find("=\"") {
+            let key = rest[..eq].trim().to_string();
+            let value_start = eq + 2;
+            let Some(len) = rest[value_start..].find('"') else {
+                break;
+            };
+            let value = rest[value_start..value_start + len]
+                .replace("&quot;", "\"")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&");
+            attributes.insert(key, value);
+            rest = &rest[value_start + len + 1..];
+        }
+        found.push((name, attributes));
+    }
+    found
+}
+
+/// The text of the element with this id (up to its first child tag).
+fn text_of(html: &str, id: &str) -> String {
+    let start = html
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("#{id} in the page"));
+    let open_end = start + html[start..].find('>').unwrap() + 1;
+    let len = html[open_end..].find('<').unwrap();
+    html[open_end..open_end + len].to_string()
+}
+
+/// The rows of a table's body, each as its cells' text.
+fn table_rows(html: &str, id: &str) -> Vec<Vec<String>> {
+    let start = html.find(&format!("<table id=\"{id}\"")).unwrap();
+    let table = &html[start..start + html[start..].find("</table>").unwrap()];
+    let body = &table[table.find("<tbody>").unwrap()..];
+    body.split("<tr")
+        .skip(1)
+        .map(|row| {
+            row.split("<td")
+                .skip(1)
+                .map(|cell| {
+                    let text = &cell[cell.find('>').unwrap() + 1..];
+                    text[..text.find("</td>").unwrap()]
+                        .replace("&lt;", "<")
+                        .replace("&gt;", ">")
+                        .replace("&amp;", "&")
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The chart points of one series in one chart: minute → value.
+fn series(html: &str, chart: &str, name: &str) -> HashMap<String, f64> {
+    let start = html.find(&format!("id=\"{chart}\"")).unwrap();
+    let figure = &html[start..start + html[start..].find("</figure>").unwrap()];
+    tags(figure)
+        .into_iter()
+        .filter(|(_, a)| a.get("data-series").map(String::as_str) == Some(name))
+        .map(|(_, a)| (a["data-minute"].clone(), a["data-value"].parse().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_the_seeded_numbers_in_chromium() {
+    let Some(browser) = chromium() else { return };
+    let app = TestApp::spawn().await;
+    let seeded = seed(&app).await;
+    let base = seeded.base;
+    let url = app.url(&format!("/dashboard#key={}", seeded.admin));
+    let html = run_chromium(&browser, &["--dump-dom".into()], &url).await;
+
+    assert_eq!(
+        tags(&html)
+            .iter()
+            .find(|(_, a)| a.get("id").map(String::as_str) == Some("board"))
+            .map(|(_, a)| a.contains_key("hidden")),
+        Some(false),
+        "the board is shown: {html}"
+    );
+    assert_eq!(text_of(&html, "tile-queued"), "2");
+    assert_eq!(text_of(&html, "tile-in-progress"), "0");
+    assert_eq!(text_of(&html, "tile-finished"), "5");
+    assert_eq!(text_of(&html, "tile-failed"), "1");
+
+    // Throughput: bars only where jobs finished, with the seeded counts.
+    let succeeded = series(&html, "chart-throughput", "succeeded");
+    let failed = series(&html, "chart-throughput", "failed");
+    assert_eq!(
+        succeeded,
+        HashMap::from([(minute(base, 0), 3.0), (minute(base, 3), 1.0)])
+    );
+    assert_eq!(failed, HashMap::from([(minute(base, 2), 1.0)]));
+    let enqueued = series(&html, "chart-throughput", "enqueued");
+    assert_eq!(enqueued.len(), 60);
+    assert_eq!(enqueued[&minute(base, 0)], 4.0);
+    assert_eq!(enqueued[&minute(base, 5)], 2.0);
+    assert_eq!(enqueued.values().sum::<f64>(), 7.0);
+    // Queue depth, walked back from the 2 queued now.
+    let backlog = series(&html, "chart-backlog", "backlog");
+    for (offset, expected) in [(-1, 0.0), (0, 1.0), (2, 1.0), (3, 0.0), (5, 2.0), (9, 2.0)] {
+        assert_eq!(
+            backlog[&minute(base, offset)],
+            expected,
+            "backlog at +{offset}"
+        );
+    }
+    // Latency: only minutes where jobs finished have points.
+    let p50 = series(&html, "chart-latency", "p50");
+    let p95 = series(&html, "chart-latency", "p95");
+    assert_eq!(p50.len(), 3);
+    assert_eq!(p95.len(), 3);
+    assert!(within_bucket(p50[&minute(base, 0)], 1_000.0));
+    assert!(within_bucket(p95[&minute(base, 3)], 180_000.0));
+
+    let failures = table_rows(&html, "failed-jobs");
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0][1], "image_corrupt");
+    assert_eq!(failures[0][3], "test partner");
+    assert_eq!(failures[0][5], seeded.failed_job.to_string());
+
+    // The URL's markup arrives as text, not as elements.
+    let endpoints = table_rows(&html, "failing-endpoints");
+    assert_eq!(endpoints.len(), 2);
+    let failing = endpoints
+        .iter()
+        .find(|row| row[0] == seeded.failing_url)
+        .expect("the failing endpoint is listed");
+    assert_eq!(failing[2], "failing");
+    assert_eq!(failing[4], "1");
+    assert!(failing[5].ends_with("· 503"), "{failing:?}");
+    let gone = endpoints
+        .iter()
+        .find(|row| row[0] == seeded.gone_url)
+        .unwrap();
+    assert_eq!(gone[2], "disabled (gone)");
+    assert!(!html.contains("<b>42</b>"));
+
+    let runs = table_rows(&html, "reconcile-runs");
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0][2], "2 s");
+    assert_eq!(runs[0][9], "database: connection reset");
+    assert_eq!(runs[1][3], "2");
+    assert_eq!(runs[1][4], "1");
+
+    // The picture, for people: saved as a CI artifact.
+    let folder = std::env::var_os("PLATESCORE_TEST_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("artifacts"));
+    std::fs::create_dir_all(&folder).unwrap();
+    let shot = folder.join(format!(
+        "dashboard-{}.png",
+        if app.db.is_postgres() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    ));
+    run_chromium(
+        &browser,
+        &[
+            "--window-size=1280,1000".into(),
+            format!("--screenshot={}", shot.display()),
+        ],
+        &url,
+    )
+    .await;
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 20_000,
+        "{}",
+        shot.display()
+    );
+    eprintln!("dashboard screenshot: {}", shot.display());
+}
+
+#[tokio::test]
+async fn the_dashboard_refuses_a_partner_key_and_asks_for_an_admin_one() {
+    let Some(browser) = chromium() else { return };
+    let app = TestApp::spawn().await;
+    let url = app.url(&format!("/dashboard#key={}", app.key));
+    let html = run_chromium(&browser, &["--dump-dom".into()], &url).await;
+    assert_eq!(text_of(&html, "sign-in-error"), "this needs an admin key");
+    let form_hidden = tags(&html)
+        .iter()
+        .find(|(_, a)| a.get("id").map(String::as_str) == Some("sign-in"))
+        .map(|(_, a)| a.contains_key("hidden"));
+    assert_eq!(form_hidden, Some(false));
+    assert_eq!(table_rows(&html, "failed-jobs").len(), 0);
+}
