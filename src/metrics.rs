@@ -80,7 +80,7 @@ impl Metrics {
         let queue_depth = GaugeVec::new(
             Opts::new(
                 "platescore_queue_depth",
-                "Jobs by state, read from the database at scrape time.",
+                "Jobs queued or in progress, by state, read from the database at scrape time.",
             ),
             &["state"],
         )

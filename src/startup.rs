@@ -149,6 +149,7 @@ impl Application {
                 key_cache: KeyCache::new(Duration::from_secs(config.auth_cache_seconds)),
                 render,
                 draining: CancellationToken::new(),
+                overview_minutes: Default::default(),
             }),
             max_body_bytes: config.max_upload_bytes,
             drain_delay: Duration::from_millis(config.shutdown_drain_ms),
@@ -230,7 +231,7 @@ pub async fn ensure_first_partner(db: &Db, addr: SocketAddr) -> anyhow::Result<(
     eprintln!(
         "\nCreated a first partner `{}` ({}). Its API key is shown only now:\n\n    {key}\n\n\
          Try it:\n\n    curl -s -H 'Authorization: Bearer {key}' -F image=@meal.jpg http://{addr}/enqueue\n\n\
-         It is an admin key; the operators' dashboard:\n\n    http://{addr}/dashboard#key={key}\n",
+         It is an admin key: it opens the operators' dashboard at http://{addr}/dashboard\n",
         partner.name, partner.id
     );
     Ok(())

@@ -2,13 +2,15 @@ use sea_orm_migration::prelude::*;
 
 use crate::m20261123_000002_create_jobs::Jobs;
 
-/// Indexes for the operators' overview: jobs enqueued and finished per minute, the latest
-/// failures, and the last attempt at a failing endpoint.
+/// Indexes for the operators' overview: jobs enqueued and finished per minute (the latter
+/// covering, with `created_at` for the latency), the latest failures, and the last failed
+/// delivery to an endpoint. `IF NOT EXISTS`, so a large PostgreSQL database can have them
+/// built beforehand with `CREATE INDEX CONCURRENTLY` under the same names.
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
 const CREATED_AT: &str = "idx_jobs_created_at";
-const STATUS_FINISHED_AT: &str = "idx_jobs_status_finished_at";
+const STATUS_FINISHED_AT: &str = "idx_jobs_status_finished_at_created_at";
 const ENDPOINT_UPDATED_AT: &str = "idx_deliveries_endpoint_updated_at";
 
 #[async_trait::async_trait]
@@ -20,6 +22,7 @@ impl MigrationTrait for Migration {
                     .name(CREATED_AT)
                     .table(Jobs::Table)
                     .col(Jobs::CreatedAt)
+                    .if_not_exists()
                     .to_owned(),
             )
             .await?;
@@ -30,6 +33,8 @@ impl MigrationTrait for Migration {
                     .table(Jobs::Table)
                     .col(Jobs::Status)
                     .col(Jobs::FinishedAt)
+                    .col(Jobs::CreatedAt)
+                    .if_not_exists()
                     .to_owned(),
             )
             .await?;
@@ -40,6 +45,7 @@ impl MigrationTrait for Migration {
                     .table(Deliveries::Table)
                     .col(Deliveries::EndpointId)
                     .col(Deliveries::UpdatedAt)
+                    .if_not_exists()
                     .to_owned(),
             )
             .await

@@ -120,8 +120,13 @@ impl AdminApi {
         minutes: Query<Option<u32>>,
     ) -> ApiResult<OverviewResponse> {
         require_admin(&auth)?;
-        let computed =
-            overview::compute(&state.db, chrono::Utc::now(), minutes.0.unwrap_or(60)).await?;
+        let computed = overview::compute(
+            &state.db,
+            &state.overview_minutes,
+            chrono::Utc::now(),
+            minutes.0.unwrap_or(60),
+        )
+        .await?;
         Ok(OverviewResponse::Ok(Json(computed.into())))
     }
 }

@@ -585,13 +585,12 @@ impl UsageStats {
     }
 }
 
-/// Jobs per state now, and how long the oldest due job has waited.
+/// Jobs waiting or being worked on now, and how long the oldest due job has waited.
 #[derive(Debug, Clone, Object)]
 pub struct QueueDepth {
+    /// Waiting for a worker, or for a retry.
     pub queued: u64,
     pub in_progress: u64,
-    pub succeeded: u64,
-    pub failed: u64,
     /// Seconds since the oldest queued job became due; 0 when none waits.
     pub oldest_queued_age_seconds: f64,
 }
@@ -693,21 +692,11 @@ pub struct ServiceOverview {
 
 impl From<crate::store::overview::Overview> for ServiceOverview {
     fn from(overview: crate::store::overview::Overview) -> Self {
-        let depth = |state: &str| {
-            overview
-                .queue
-                .by_status
-                .iter()
-                .find(|(s, _)| *s == state)
-                .map_or(0, |(_, n)| *n)
-        };
         Self {
             generated_at: Timestamp(overview.now),
             queue: QueueDepth {
-                queued: depth("queued"),
-                in_progress: depth("in_progress"),
-                succeeded: depth("succeeded"),
-                failed: depth("failed"),
+                queued: overview.queue.queued,
+                in_progress: overview.queue.in_progress,
                 oldest_queued_age_seconds: overview.queue.oldest_due_age_seconds,
             },
             minutes: overview

@@ -33,6 +33,8 @@ pub struct AppState {
     pub render: PayloadRenderer,
     /// Cancelled when the node begins shutting down: readiness turns false.
     pub draining: CancellationToken,
+    /// The overview's final minutes, so a dashboard refresh reads only the last few.
+    pub overview_minutes: crate::store::overview::MinuteCache,
 }
 
 #[derive(Tags)]
@@ -103,7 +105,7 @@ async fn metrics_text(state: poem::web::Data<&Arc<AppState>>) -> poem::Response 
     let metrics = crate::metrics::get();
     match crate::store::jobs::queue_stats(&state.db, chrono::Utc::now()).await {
         Ok(stats) => {
-            for (state, count) in stats.by_status {
+            for (state, count) in [("queued", stats.queued), ("in_progress", stats.in_progress)] {
                 metrics
                     .queue_depth
                     .with_label_values(&[state])

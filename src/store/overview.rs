@@ -1,13 +1,20 @@
 //! The operators' overview of the whole service: the last minutes per minute (jobs enqueued
 //! and finished, the backlog, latency), the latest failures, failing webhook endpoints and
-//! reconciliation runs. Per-minute figures are aggregated by the database, so the cost
-//! does not grow with throughput.
+//! reconciliation runs.
+//!
+//! Per-minute figures are grouped by the database (one row per minute, status and latency
+//! bucket), which still reads every job of the minutes it groups. Minutes that can no longer
+//! change are kept in a [`MinuteCache`] per node, so a refresh reads only the last few.
 
-use std::collections::HashMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+};
 
-use chrono::{DateTime, Duration, DurationRound, Utc};
+use chrono::{DateTime, Duration, Utc};
 use entity::{
     delivery::{self, DeliveryStatus},
+    delivery_attempt,
     job::{self, JobStatus},
     partner, reconcile_run, webhook_endpoint,
 };
@@ -22,6 +29,11 @@ use super::{
 
 /// How many failed jobs, failing endpoints and reconciliation runs the overview lists.
 const LISTED: u64 = 20;
+/// The longest window asked for; older cached minutes are dropped.
+pub const MAX_MINUTES: u32 = 180;
+/// A minute is final this long after it ended: outcomes carry the worker's clock and are
+/// committed a moment after.
+const SETTLE_SECONDS: i64 = 30;
 
 #[derive(Debug, Clone)]
 pub struct Overview {
@@ -65,20 +77,52 @@ pub struct FailingEndpoint {
     pub last_error: Option<String>,
 }
 
+/// Per-minute aggregates of final minutes, by epoch minute.
+#[derive(Debug, Default)]
+pub struct MinuteCache {
+    finals: Mutex<BTreeMap<i64, MinuteAggregate>>,
+}
+
+/// One minute's jobs: enqueued, finished, and finished per latency bucket.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct MinuteAggregate {
+    enqueued: u64,
+    succeeded: u64,
+    failed: u64,
+    latency: Vec<u64>,
+}
+
 /// The overview over the `minutes` minutes up to `now` (the current one included).
-pub async fn compute(db: &Db, now: DateTime<Utc>, minutes: u32) -> Result<Overview, StoreError> {
-    let current = now.duration_trunc(Duration::minutes(1)).unwrap_or(now);
-    let since = current - Duration::minutes(i64::from(minutes.max(1)) - 1);
+pub async fn compute(
+    db: &Db,
+    cache: &MinuteCache,
+    now: DateTime<Utc>,
+    minutes: u32,
+) -> Result<Overview, StoreError> {
+    let minutes = i64::from(minutes.clamp(1, MAX_MINUTES));
+    let current = now.timestamp().div_euclid(60);
+    let first = current - minutes + 1;
+    let last_final = (now.timestamp() - SETTLE_SECONDS).div_euclid(60) - 1;
+    let mut aggregates = cache.get(first, last_final);
+    // Read from the first minute not cached; the database bounds both reads by `now`.
+    let read_from = (first..=last_final)
+        .find(|m| !aggregates.contains_key(m))
+        .unwrap_or(last_final + 1)
+        .max(first);
     let queue = jobs::queue_stats(db, now).await?;
-    let enqueued = per_minute(db, enqueued_sql(db.backend()), since).await?;
-    let finished = per_minute(db, finished_sql(db.backend()), since).await?;
-    let backlog_now: u64 = queue
-        .by_status
-        .iter()
-        .filter(|(state, _)| matches!(*state, "queued" | "in_progress"))
-        .map(|(_, n)| n)
-        .sum();
-    let minutes = assemble(since, minutes, &enqueued, &finished, backlog_now);
+    let since = DateTime::from_timestamp(read_from * 60, 0).unwrap_or(now);
+    let enqueued = per_minute(db, enqueued_sql(db.backend()), since, now).await?;
+    let finished = per_minute(db, finished_sql(db.backend()), since, now).await?;
+    let read = fold(&enqueued, &finished);
+    cache.keep(&read, read_from, last_final, current);
+    for minute in read_from..=current {
+        aggregates.insert(minute, read.get(&minute).cloned().unwrap_or_default());
+    }
+    let start = DateTime::from_timestamp(first * 60, 0).unwrap_or(now);
+    let ordered: Vec<MinuteAggregate> = (first..=current)
+        .map(|m| aggregates.remove(&m).unwrap_or_default())
+        .collect();
+    let minutes = assemble(start, &ordered, queue.queued + queue.in_progress);
     Ok(Overview {
         now,
         minutes,
@@ -87,6 +131,33 @@ pub async fn compute(db: &Db, now: DateTime<Utc>, minutes: u32) -> Result<Overvi
         failing_endpoints: failing_endpoints(db).await?,
         reconcile_runs: reconcile_runs::list(db, LISTED).await?,
     })
+}
+
+impl MinuteCache {
+    /// The cached minutes in `first..=last`.
+    fn get(&self, first: i64, last: i64) -> BTreeMap<i64, MinuteAggregate> {
+        let finals = self.finals.lock().unwrap_or_else(|e| e.into_inner());
+        finals
+            .range(first..=last.max(first - 1))
+            .map(|(m, a)| (*m, a.clone()))
+            .collect()
+    }
+
+    /// Keeps the final minutes of a read (empty ones too), and forgets those too old for
+    /// any window.
+    fn keep(
+        &self,
+        read: &BTreeMap<i64, MinuteAggregate>,
+        from: i64,
+        last_final: i64,
+        current: i64,
+    ) {
+        let mut finals = self.finals.lock().unwrap_or_else(|e| e.into_inner());
+        for minute in from..=last_final {
+            finals.insert(minute, read.get(&minute).cloned().unwrap_or_default());
+        }
+        finals.retain(|m, _| *m > current - i64::from(MAX_MINUTES));
+    }
 }
 
 /// Upper bounds (ms) of the latency buckets: 10 ms growing by 25% to about an hour; one
@@ -123,7 +194,7 @@ fn minute_of(backend: DbBackend, column: &str) -> String {
 fn enqueued_sql(backend: DbBackend) -> String {
     format!(
         "SELECT {minute} AS minute, '' AS status, 0 AS bucket, COUNT(*) AS jobs
-         FROM jobs WHERE created_at >= $1 GROUP BY 1",
+         FROM jobs WHERE created_at >= $1 AND created_at < $2 GROUP BY 1",
         minute = minute_of(backend, "created_at"),
     )
 }
@@ -136,7 +207,8 @@ fn finished_sql(backend: DbBackend) -> String {
     format!(
         "SELECT minute, status, bucket, COUNT(*) AS jobs FROM (
              SELECT {minute} AS minute, status, {bucket} AS bucket FROM jobs
-             WHERE status IN ('succeeded', 'failed') AND finished_at >= $1) AS finished
+             WHERE status IN ('succeeded', 'failed') AND finished_at >= $1 AND finished_at < $2)
+             AS finished
          GROUP BY minute, status, bucket",
         minute = minute_of(backend, "finished_at"),
         bucket = bucket_case(latency_ms),
@@ -155,60 +227,72 @@ async fn per_minute(
     db: &Db,
     sql: String,
     since: DateTime<Utc>,
+    until: DateTime<Utc>,
 ) -> Result<Vec<MinuteCount>, StoreError> {
-    let statement = Statement::from_sql_and_values(db.backend(), sql, [Value::from(since)]);
+    let statement =
+        Statement::from_sql_and_values(db.backend(), sql, [Value::from(since), Value::from(until)]);
     Ok(MinuteCount::find_by_statement(statement)
         .all(db.reader())
         .await?)
 }
 
-/// Per-minute figures from the grouped counts. The backlog is walked back from now: at the
-/// end of a minute it was the backlog of the next minute's end, less that minute's
-/// enqueued jobs, plus its finished ones.
-fn assemble(
-    since: DateTime<Utc>,
-    minutes: u32,
-    enqueued: &[MinuteCount],
-    finished: &[MinuteCount],
-    backlog_now: u64,
-) -> Vec<MinuteStats> {
-    let first = since.timestamp().div_euclid(60);
-    let count = minutes.max(1) as usize;
-    let index = |minute: i64| usize::try_from(minute - first).ok().filter(|i| *i < count);
-    let bounds = latency_bounds();
-    let mut stats: Vec<MinuteStats> = (0..count)
-        .map(|i| MinuteStats {
-            start: since + Duration::minutes(i as i64),
-            ..Default::default()
-        })
-        .collect();
-    let mut buckets = vec![vec![0u64; bounds.len() + 1]; count];
-    for row in enqueued {
-        if let Some(i) = index(row.minute) {
-            stats[i].enqueued += row.jobs as u64;
-        }
-    }
-    for row in finished {
-        let Some(i) = index(row.minute) else { continue };
+/// The grouped rows, by epoch minute.
+fn fold(enqueued: &[MinuteCount], finished: &[MinuteCount]) -> BTreeMap<i64, MinuteAggregate> {
+    let buckets = latency_bounds().len() + 1;
+    let mut minutes: BTreeMap<i64, MinuteAggregate> = BTreeMap::new();
+    for (row, is_finish) in enqueued
+        .iter()
+        .map(|r| (r, false))
+        .chain(finished.iter().map(|r| (r, true)))
+    {
+        let aggregate = minutes
+            .entry(row.minute)
+            .or_insert_with(|| MinuteAggregate {
+                latency: vec![0; buckets],
+                ..Default::default()
+            });
         let jobs = row.jobs as u64;
+        if !is_finish {
+            aggregate.enqueued += jobs;
+            continue;
+        }
         match row.status.as_str() {
-            "succeeded" => stats[i].succeeded += jobs,
-            _ => stats[i].failed += jobs,
+            "succeeded" => aggregate.succeeded += jobs,
+            _ => aggregate.failed += jobs,
         }
         if let Some(slot) = usize::try_from(row.bucket)
             .ok()
-            .and_then(|b| buckets[i].get_mut(b))
+            .and_then(|b| aggregate.latency.get_mut(b))
         {
             *slot += jobs;
         }
     }
+    minutes
+}
+
+/// Per-minute figures from consecutive minutes' aggregates, the first starting at `start`.
+/// The backlog is walked back from now: at the end of a minute it was the backlog at the
+/// next minute's end, less that minute's enqueued jobs, plus its finished ones.
+fn assemble(
+    start: DateTime<Utc>,
+    aggregates: &[MinuteAggregate],
+    backlog_now: u64,
+) -> Vec<MinuteStats> {
+    let bounds = latency_bounds();
+    let mut stats = vec![MinuteStats::default(); aggregates.len()];
     let mut backlog = backlog_now as i64;
-    for i in (0..count).rev() {
-        stats[i].backlog = backlog.max(0) as u64;
-        stats[i].latency_p50_ms = quantile(&bounds, &buckets[i], 0.50);
-        stats[i].latency_p95_ms = quantile(&bounds, &buckets[i], 0.95);
+    for (i, aggregate) in aggregates.iter().enumerate().rev() {
+        stats[i] = MinuteStats {
+            start: start + Duration::minutes(i as i64),
+            enqueued: aggregate.enqueued,
+            succeeded: aggregate.succeeded,
+            failed: aggregate.failed,
+            backlog: backlog.max(0) as u64,
+            latency_p50_ms: quantile(&bounds, &aggregate.latency, 0.50),
+            latency_p95_ms: quantile(&bounds, &aggregate.latency, 0.95),
+        };
         backlog =
-            backlog - stats[i].enqueued as i64 + (stats[i].succeeded + stats[i].failed) as i64;
+            backlog - aggregate.enqueued as i64 + (aggregate.succeeded + aggregate.failed) as i64;
     }
     stats
 }
@@ -292,12 +376,17 @@ async fn failing_endpoints(db: &Db) -> Result<Vec<FailingEndpoint>, StoreError> 
         return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = endpoints.iter().map(|e| e.id).collect();
+    // Waiting after a failed attempt (reconciliation and redelivery reset `attempts`, not
+    // the last outcome).
+    let failed_before = Condition::any()
+        .add(delivery::Column::LastStatusCode.is_not_null())
+        .add(delivery::Column::LastError.is_not_null());
     let waiting: HashMap<Uuid, u64> = delivery::Entity::find()
         .select_only()
         .column(delivery::Column::EndpointId)
         .column_as(delivery::Column::Id.count(), "deliveries")
         .filter(delivery::Column::Status.eq(DeliveryStatus::Pending))
-        .filter(delivery::Column::Attempts.gt(0))
+        .filter(failed_before.clone())
         .filter(delivery::Column::EndpointId.is_in(ids))
         .group_by(delivery::Column::EndpointId)
         .into_model::<Waiting>()
@@ -309,18 +398,29 @@ async fn failing_endpoints(db: &Db) -> Result<Vec<FailingEndpoint>, StoreError> 
     let names = partner_names(db, endpoints.iter().map(|e| e.partner_id)).await?;
     let mut failing = Vec::with_capacity(endpoints.len());
     for endpoint in endpoints {
-        let last = delivery::Entity::find()
+        // The delivery that failed last, then its last attempt.
+        let delivery = delivery::Entity::find()
             .filter(delivery::Column::EndpointId.eq(endpoint.id))
-            .filter(delivery::Column::Attempts.gt(0))
+            .filter(failed_before.clone())
             .order_by_desc(delivery::Column::UpdatedAt)
             .one(db.reader())
             .await?;
+        let attempt = match &delivery {
+            Some(d) => {
+                delivery_attempt::Entity::find()
+                    .filter(delivery_attempt::Column::DeliveryId.eq(d.id))
+                    .order_by_desc(delivery_attempt::Column::AttemptedAt)
+                    .one(db.reader())
+                    .await?
+            }
+            None => None,
+        };
         failing.push(FailingEndpoint {
             partner_name: names.get(&endpoint.partner_id).cloned(),
             retrying: waiting.get(&endpoint.id).copied().unwrap_or(0),
-            last_attempt_at: last.as_ref().map(|d| d.updated_at),
-            last_status_code: last.as_ref().and_then(|d| d.last_status_code),
-            last_error: last.and_then(|d| d.last_error),
+            last_attempt_at: attempt.as_ref().map(|a| a.attempted_at),
+            last_status_code: attempt.as_ref().and_then(|a| a.status_code),
+            last_error: attempt.and_then(|a| a.error),
             endpoint,
         });
     }
@@ -354,10 +454,10 @@ mod tests {
 
     #[test]
     fn the_backlog_is_walked_back_from_now() {
-        let since = DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
+        let start = DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let minute = since.timestamp() / 60;
+        let minute = start.timestamp() / 60;
         let row = |offset: i64, status: &str, jobs: i64| MinuteCount {
             minute: minute + offset,
             status: status.into(),
@@ -371,15 +471,38 @@ mod tests {
             row(1, "failed", 1),
             row(2, "succeeded", 2),
         ];
-        let stats = assemble(since, 3, &enqueued, &finished, 4);
+        let folded = fold(&enqueued, &finished);
+        let ordered: Vec<MinuteAggregate> = (0..3)
+            .map(|i| folded.get(&(minute + i)).cloned().unwrap_or_default())
+            .collect();
+        let stats = assemble(start, &ordered, 4);
         let backlog: Vec<u64> = stats.iter().map(|m| m.backlog).collect();
         assert_eq!(backlog, [8, 6, 4]);
+        assert_eq!(stats[0].enqueued, 5);
         assert_eq!(stats[1].succeeded, 2);
         assert_eq!(stats[1].failed, 1);
         assert_eq!(stats[0].latency_p50_ms, None);
         // Bucket 3 is (16, 20] ms.
         let p50 = stats[1].latency_p50_ms.unwrap();
         assert!((16.0..=20.0).contains(&p50), "{p50}");
-        assert_eq!(stats[2].start, since + Duration::minutes(2));
+        assert_eq!(stats[2].start, start + Duration::minutes(2));
+    }
+
+    #[test]
+    fn the_cache_keeps_final_minutes_only_and_forgets_old_ones() {
+        let cache = MinuteCache::default();
+        let one = MinuteAggregate {
+            enqueued: 1,
+            ..Default::default()
+        };
+        let read = BTreeMap::from([(100, one.clone()), (102, one.clone())]);
+        // Minutes 100..=102 are final, 103 (current) is not; 101 is kept as empty.
+        cache.keep(&read, 100, 102, 103);
+        let cached = cache.get(90, 103);
+        assert_eq!(cached.keys().copied().collect::<Vec<_>>(), [100, 101, 102]);
+        assert_eq!(cached[&101], MinuteAggregate::default());
+        // Far later, they are too old for any window.
+        cache.keep(&BTreeMap::new(), 400, 400, 401);
+        assert_eq!(cache.get(0, 500).keys().copied().collect::<Vec<_>>(), [400]);
     }
 }

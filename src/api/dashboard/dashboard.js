@@ -10,6 +10,9 @@ const SVG = "http://www.w3.org/2000/svg";
 
 const $ = (id) => document.getElementById(id);
 let timer = null;
+// Each poll (and sign-out) starts a new generation; an older poll's answer is dropped, so
+// there is never more than one polling loop.
+let generation = 0;
 
 // A key may arrive in the URL fragment (never sent to a server): keep it for this tab only
 // and take it out of the address bar and history.
@@ -22,6 +25,7 @@ function keyFromFragment() {
 }
 
 function showSignIn(message) {
+  generation += 1;
   clearTimeout(timer);
   $("board").hidden = true;
   $("sign-out").hidden = true;
@@ -38,6 +42,7 @@ function setConnection(state, text) {
 
 async function poll() {
   clearTimeout(timer);
+  const mine = ++generation;
   const key = sessionStorage.getItem(KEY_STORAGE);
   if (!key) {
     showSignIn();
@@ -48,18 +53,20 @@ async function poll() {
       headers: { Authorization: `Bearer ${key}`, Accept: "application/json" },
       cache: "no-store",
     });
+    const body = await response.json().catch(() => ({}));
+    if (mine !== generation) return;
     if (response.status === 401 || response.status === 403) {
-      const problem = await response.json().catch(() => ({}));
       sessionStorage.removeItem(KEY_STORAGE);
-      showSignIn(problem.detail || `refused (${response.status})`);
+      showSignIn(body.detail || `refused (${response.status})`);
       return;
     }
     if (!response.ok) {
       throw new Error(`HTTP ${response.status}`);
     }
-    render(await response.json());
+    render(body);
     setConnection("live", `live · updated ${clock(new Date())}`);
   } catch (err) {
+    if (mine !== generation) return;
     setConnection("error", `cannot reach the server (${err.message}); retrying`);
   }
   timer = setTimeout(poll, POLL_MS);
