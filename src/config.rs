@@ -68,6 +68,8 @@ pub struct Config {
     pub max_metadata_bytes: usize,
     /// How long a verified API key is remembered; a revoked key works at most this long. 0: never.
     pub auth_cache_seconds: u64,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
     /// Comma-separated CIDRs that outbound URLs may reach although they are private.
     pub outbound_allow_cidrs: String,
     /// `text` or `json`.
@@ -155,6 +157,7 @@ impl Default for Config {
             max_image_pixels: 50_000_000,
             max_metadata_bytes: 16 * 1024,
             auth_cache_seconds: 10,
+            metrics_token: None,
             outbound_allow_cidrs: String::new(),
             log_format: LogFormat::Text,
             model_dir: PathBuf::from("models/food-scorer"),

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub jobs_retried: IntCounterVec,
     pub queue_depth: GaugeVec,
     pub oldest_queued_age: Gauge,
+    /// 1 when this node read the queue from the database at the last scrape, else 0.
+    pub database_up: Gauge,
     pub batch_size: Histogram,
     pub preprocess_seconds: Histogram,
     pub inference_seconds: Histogram,
@@ -30,6 +32,11 @@ pub struct Metrics {
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Enqueue to outcome includes queue waits and retry delays: up to an hour.
+const JOB_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -96,7 +103,16 @@ impl Metrics {
         registry
             .register(Box::new(oldest_queued_age.clone()))
             .expect("unique metric");
-        Self {
+        let database_up = Gauge::new(
+            "platescore_database_up",
+            "1 when the queue was read from the database at this scrape, else 0 (the queue \
+             gauges are then NaN).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(database_up.clone()))
+            .expect("unique metric");
+        let metrics = Self {
             http_requests: counter(
                 "platescore_http_requests_total",
                 "HTTP requests, by operation and status.",
@@ -116,6 +132,7 @@ impl Metrics {
             ),
             queue_depth,
             oldest_queued_age,
+            database_up,
             batch_size: histogram(
                 "platescore_batch_size",
                 "Images per inference batch.",
@@ -134,7 +151,7 @@ impl Metrics {
             job_seconds: histogram(
                 "platescore_job_duration_seconds",
                 "From enqueue to the job's outcome (end to end).",
-                LATENCY_BUCKETS,
+                JOB_BUCKETS,
             ),
             webhook_attempts: counter(
                 "platescore_webhook_attempts_total",
@@ -152,7 +169,16 @@ impl Metrics {
                 &["result"],
             ),
             registry,
+        };
+        // Known series start at 0, so a first increment is a visible step for `increase()`.
+        for result in ["ran", "skipped", "error"] {
+            metrics.reconcile_runs.with_label_values(&[result]);
         }
+        for outcome in ["delivered", "failed", "timeout", "gone", "skipped"] {
+            metrics.webhook_attempts.with_label_values(&[outcome]);
+        }
+        metrics.jobs_finished.with_label_values(&["succeeded", ""]);
+        metrics
     }
 
     /// The text exposition of every metric.

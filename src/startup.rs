@@ -150,6 +150,7 @@ impl Application {
                 render,
                 draining: CancellationToken::new(),
                 overview_minutes: Default::default(),
+                metrics_token: config.metrics_token.clone().filter(|t| !t.is_empty()),
             }),
             max_body_bytes: config.max_upload_bytes,
             drain_delay: Duration::from_millis(config.shutdown_drain_ms),

@@ -35,6 +35,8 @@ pub struct AppState {
     pub draining: CancellationToken,
     /// The overview's final minutes, so a dashboard refresh reads only the last few.
     pub overview_minutes: crate::store::overview::MinuteCache,
+    /// When set, `/metrics` needs it as a bearer token.
+    pub metrics_token: Option<String>,
 }
 
 #[derive(Tags)]
@@ -101,23 +103,49 @@ pub fn app(state: Arc<AppState>, max_body_bytes: u64) -> impl Endpoint {
 
 /// `GET /metrics`: Prometheus text format. Queue depth is read from the database now.
 #[poem::handler]
-async fn metrics_text(state: poem::web::Data<&Arc<AppState>>) -> poem::Response {
-    let metrics = crate::metrics::get();
-    match crate::store::jobs::queue_stats(&state.db, chrono::Utc::now()).await {
-        Ok(stats) => {
-            for (state, count) in [("queued", stats.queued), ("in_progress", stats.in_progress)] {
-                metrics
-                    .queue_depth
-                    .with_label_values(&[state])
-                    .set(count as f64);
-            }
-            metrics.oldest_queued_age.set(stats.oldest_due_age_seconds);
+async fn metrics_text(
+    state: poem::web::Data<&Arc<AppState>>,
+    request: &poem::Request,
+) -> poem::Result<poem::Response> {
+    if let Some(token) = &state.metrics_token {
+        let presented = request
+            .header(poem::http::header::AUTHORIZATION)
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            presented.as_bytes(),
+            token.as_bytes(),
+        )) {
+            return Err(problem::ApiProblem::new(
+                poem::http::StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the metrics token is required: `Authorization: Bearer <token>`",
+            )
+            .into());
         }
-        Err(err) => tracing::warn!(error = %err, "metrics: reading the queue depth failed"),
     }
-    poem::Response::builder()
+    let metrics = crate::metrics::get();
+    let (queued, in_progress, oldest, up) =
+        match crate::store::jobs::queue_stats(&state.db, chrono::Utc::now()).await {
+            Ok(stats) => (
+                stats.queued as f64,
+                stats.in_progress as f64,
+                stats.oldest_due_age_seconds,
+                1.0,
+            ),
+            Err(err) => {
+                tracing::warn!(error = %err, "metrics: reading the queue depth failed");
+                (f64::NAN, f64::NAN, f64::NAN, 0.0)
+            }
+        };
+    for (state, count) in [("queued", queued), ("in_progress", in_progress)] {
+        metrics.queue_depth.with_label_values(&[state]).set(count);
+    }
+    metrics.oldest_queued_age.set(oldest);
+    metrics.database_up.set(up);
+    Ok(poem::Response::builder()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(metrics.render())
+        .body(metrics.render()))
 }
 
 /// A worker node's HTTP: the health probes only.

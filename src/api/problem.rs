@@ -234,7 +234,17 @@ impl From<IntakeError> for ApiProblem {
 
 /// Turns any error that reached the edge of the app into a problem response: errors the
 /// handlers built pass through; poem's own (parse errors, unknown routes, auth) get a code.
+/// The operation the error came from stays on the response, for the metrics.
 pub fn any_error_to_problem(err: poem::Error) -> Response {
+    let operation = err.data::<poem_openapi::OperationId>().copied();
+    let mut response = problem_for(err);
+    if let Some(operation) = operation {
+        response.set_data(operation);
+    }
+    response
+}
+
+fn problem_for(err: poem::Error) -> Response {
     if let Some(problem) = err.downcast_ref::<ApiProblem>() {
         return problem_response(problem);
     }

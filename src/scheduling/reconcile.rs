@@ -78,7 +78,9 @@ impl Reconciler {
         now: DateTime<Utc>,
     ) -> Result<Option<ReconcileCounts>, ReconcileError> {
         let runs = &crate::metrics::get().reconcile_runs;
-        let Some(run_id) = reconcile_runs::claim_slot(&self.db, slot, trigger, now).await? else {
+        let claimed = reconcile_runs::claim_slot(&self.db, slot, trigger, now).await;
+        let Some(run_id) = claimed.inspect_err(|_| runs.with_label_values(&["error"]).inc())?
+        else {
             runs.with_label_values(&["skipped"]).inc();
             return Ok(None);
         };
@@ -106,6 +108,15 @@ impl Reconciler {
         .await?;
         counts.jobs_requeued = requeued;
         counts.jobs_failed_stale = failed;
+        let metrics = crate::metrics::get();
+        metrics
+            .jobs_retried
+            .with_label_values(&["stale"])
+            .inc_by(requeued);
+        metrics
+            .jobs_finished
+            .with_label_values(&["failed", "stale"])
+            .inc_by(failed);
         counts.endpoints_disabled = endpoints::disable_failing_since(
             &self.db,
             before(now, self.settings.disable_failing_endpoints_after),

@@ -65,9 +65,36 @@ pub struct JobWorker {
 }
 
 /// End to end: from enqueue to the outcome.
-fn observe_job_age(lease: &Lease, now: chrono::DateTime<Utc>) {
-    let age = (now - lease.job.created_at).num_milliseconds().max(0) as f64 / 1000.0;
-    metrics::get().job_seconds.observe(age);
+/// The metric labels of an outcome: `succeeded`, `failed` or `retried`, and its code.
+fn outcome_labels(outcome: &Outcome) -> (&'static str, String) {
+    match outcome {
+        Outcome::Succeeded { .. } => ("succeeded", String::new()),
+        Outcome::Failed { code, .. } => ("failed", code.clone()),
+        Outcome::Retry { code, .. } => ("retried", code.clone()),
+    }
+}
+
+/// Counts an outcome once it is written; one dropped with its lease is counted when the job
+/// runs again.
+fn count_outcome(
+    (status, code): (&'static str, String),
+    created_at: chrono::DateTime<Utc>,
+    now: chrono::DateTime<Utc>,
+) {
+    let metrics = metrics::get();
+    if status == "retried" {
+        metrics
+            .jobs_retried
+            .with_label_values(&[code.as_str()])
+            .inc();
+        return;
+    }
+    metrics
+        .jobs_finished
+        .with_label_values(&[status, code.as_str()])
+        .inc();
+    let age = (now - created_at).num_milliseconds().max(0) as f64 / 1000.0;
+    metrics.job_seconds.observe(age);
 }
 
 /// A job's outcome on its way to the recorder, with where to say whether it was written.
@@ -126,7 +153,16 @@ impl JobWorker {
                 match rescued {
                     Ok((0, 0)) => {}
                     Ok((requeued, failed)) => {
-                        tracing::info!(requeued, failed, "rescued jobs whose lease expired")
+                        tracing::info!(requeued, failed, "rescued jobs whose lease expired");
+                        let metrics = metrics::get();
+                        metrics
+                            .jobs_retried
+                            .with_label_values(&["worker_lost"])
+                            .inc_by(requeued);
+                        metrics
+                            .jobs_finished
+                            .with_label_values(&["failed", "worker_lost"])
+                            .inc_by(failed);
                     }
                     Err(err) => tracing::warn!(error = %err, "rescuing expired leases failed"),
                 }
@@ -281,29 +317,17 @@ impl JobWorker {
             return;
         };
         let processing_time_ms = started.elapsed().as_millis() as i64;
-        let metrics = metrics::get();
         let outcome = match worked {
-            Ok(scored) => {
-                metrics
-                    .jobs_finished
-                    .with_label_values(&["succeeded", ""])
-                    .inc();
-                observe_job_age(&lease, now);
-                Outcome::Succeeded {
-                    result: scored.result,
-                    model_version: scored.model_version,
-                    processing_time_ms,
-                }
-            }
+            Ok(scored) => Outcome::Succeeded {
+                result: scored.result,
+                model_version: scored.model_version,
+                processing_time_ms,
+            },
             Err(failure) => {
                 let attempts = lease.job.attempts;
                 if failure.transient && attempts < self.settings.max_attempts {
                     let delay = self.retry_delay(attempts);
                     tracing::info!(code = failure.code, error = %failure.message, attempts, ?delay, "transient failure; will retry");
-                    metrics
-                        .jobs_retried
-                        .with_label_values(&[failure.code])
-                        .inc();
                     Outcome::Retry {
                         run_at: now + chrono::Duration::from_std(delay).unwrap_or_default(),
                         code: failure.code.to_string(),
@@ -311,11 +335,6 @@ impl JobWorker {
                     }
                 } else {
                     tracing::info!(code = failure.code, error = %failure.message, attempts, "job failed");
-                    metrics
-                        .jobs_finished
-                        .with_label_values(&["failed", failure.code])
-                        .inc();
-                    observe_job_age(&lease, now);
                     Outcome::Failed {
                         code: failure.code.to_string(),
                         message: failure.message,
@@ -324,13 +343,15 @@ impl JobWorker {
                 }
             }
         };
+        let created_at = lease.job.created_at;
+        let labels = outcome_labels(&outcome);
         let (done, recorded) = oneshot::channel();
         if recorder.send((lease, outcome, done)).await.is_err() {
             tracing::warn!("the outcome recorder stopped; the lease will expire");
             return;
         }
         match recorded.await {
-            Ok(Some(_)) => {}
+            Ok(Some(_)) => count_outcome(labels, created_at, now),
             Ok(None) => tracing::warn!("the lease expired before the job finished; result dropped"),
             Err(_) => tracing::warn!(
                 "recording the outcome failed; the lease will expire and the job be retried"

@@ -92,6 +92,10 @@ async fn the_metrics_parse_and_move_as_jobs_flow() {
     }
     assert!(!text.contains(r#"platescore_queue_depth{state="succeeded"}"#));
     assert_eq!(get(&after, "platescore_queue_oldest_age_seconds"), 0.0);
+    assert_eq!(get(&after, "platescore_database_up"), 1.0);
+    // Known series exist before their first event, so alerts see the first step.
+    assert!(after.contains_key(r#"platescore_reconcile_runs_total{result="error"}"#));
+    assert!(after.contains_key(r#"platescore_webhook_attempts_total{outcome="timeout"}"#));
     // Labels are operations, never URLs or ids.
     for id in &ids {
         assert!(!text.contains(id.as_str()));
@@ -254,4 +258,50 @@ async fn stats_are_right_on_seeded_data_per_partner_and_for_admins() {
         .await;
     assert_eq!(theirs["succeeded"], 1);
     assert_eq!(theirs["top_labels"][0]["label"], "pizza");
+}
+
+#[tokio::test]
+async fn refused_requests_are_counted_under_their_operation() {
+    let app = TestApp::spawn().await;
+    let series = r#"platescore_http_requests_total{operation="get_status",status="401"}"#;
+    let (_, before) = scrape(&app).await;
+    let response = app
+        .client
+        .get(app.url("/status/01a209b2-fd93-7244-9c7b-8b8d352119f9"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let (_, after) = scrape(&app).await;
+    assert!(get(&after, series) > get(&before, series), "{series}");
+}
+
+#[tokio::test]
+async fn a_metrics_token_guards_the_exposition() {
+    let app = TestApp::spawn_with(crate::helpers::TestOptions {
+        configure: Box::new(|config| config.metrics_token = Some("scrape-secret".into())),
+        ..Default::default()
+    })
+    .await;
+    for token in [None, Some("wrong")] {
+        let mut request = app.client.get(app.url("/metrics"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        crate::helpers::assert_problem(response, 401, "unauthorized").await;
+    }
+    let response = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth("scrape-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response
+        .text()
+        .await
+        .unwrap()
+        .contains("platescore_database_up 1"));
 }

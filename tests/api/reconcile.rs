@@ -180,6 +180,14 @@ async fn reconciliation_fixes_seeded_stale_states_once_per_slot() {
     let objects_before = app.stored_objects().len();
 
     let reconciler = reconciler(&app).await;
+    // Counters are per process, shared with tests running beside this one.
+    let stale_failures = || {
+        platescore::metrics::get()
+            .jobs_finished
+            .with_label_values(&["failed", "stale"])
+            .get()
+    };
+    let stale_before = stale_failures();
     let counts = reconciler
         .run_slot(now, "schedule", now)
         .await
@@ -187,6 +195,10 @@ async fn reconciliation_fixes_seeded_stale_states_once_per_slot() {
         .expect("the slot was free");
     assert_eq!(counts.jobs_requeued, 1, "{counts:?}");
     assert_eq!(counts.jobs_failed_stale, 1, "{counts:?}");
+    assert!(
+        stale_failures() > stale_before,
+        "stale failures are counted"
+    );
     assert_eq!(counts.endpoints_disabled, 1, "{counts:?}");
     assert_eq!(counts.deliveries_rescheduled, 1, "{counts:?}");
     assert_eq!(counts.jobs_deleted, 2, "{counts:?}");
