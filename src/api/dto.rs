@@ -542,8 +542,10 @@ pub struct UsageStats {
     pub failed: u64,
     /// Share of succeeded jobs that were not food.
     pub not_food_share: f64,
+    /// Median processing time of succeeded jobs (a worker's time on a job), in ms.
     #[oai(nullable)]
     pub processing_ms_p50: Option<i64>,
+    /// 95th percentile of the same.
     #[oai(nullable)]
     pub processing_ms_p95: Option<i64>,
     /// Delivered / (delivered + failed) webhook deliveries; null when none settled.

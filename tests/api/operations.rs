@@ -177,11 +177,13 @@ async fn stats_are_right_on_seeded_data_per_partner_and_for_admins() {
             1000,
         ),
     ];
+    let mut ids = Vec::new();
     for (i, (key, status, result, ms)) in seeds.iter().enumerate() {
         let mut bytes = fixture("apple.jpg");
         bytes.extend_from_slice(format!("{i}").as_bytes());
         let job: Value = app.upload(key, bytes, "a.jpg").await.json().await.unwrap();
         let id: uuid::Uuid = job["job_id"].as_str().unwrap().parse().unwrap();
+        ids.push(id);
         let status = match *status {
             "succeeded" => entity::job::JobStatus::Succeeded,
             "failed" => entity::job::JobStatus::Failed,
@@ -201,6 +203,65 @@ async fn stats_are_right_on_seeded_data_per_partner_and_for_admins() {
         }
         update.exec(app.db.writer()).await.unwrap();
     }
+    // The queued one was enqueued yesterday (UTC); one dated tomorrow (a skewed clock) is
+    // outside the window.
+    let set_created = |id: uuid::Uuid, at: chrono::DateTime<chrono::Utc>| {
+        entity::job::Entity::update_many()
+            .col_expr(entity::job::Column::CreatedAt, Expr::value(at))
+            .filter(entity::job::Column::Id.eq(id))
+            .exec(app.db.writer())
+    };
+    set_created(ids[4], chrono::Utc::now() - chrono::Duration::days(1))
+        .await
+        .unwrap();
+    let mut bytes = fixture("apple.jpg");
+    bytes.extend_from_slice(b"tomorrow");
+    let job: Value = app
+        .upload(&app.key, bytes, "a.jpg")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let tomorrow: uuid::Uuid = job["job_id"].as_str().unwrap().parse().unwrap();
+    set_created(tomorrow, chrono::Utc::now() + chrono::Duration::days(1))
+        .await
+        .unwrap();
+    // Deliveries of my first job: one delivered, one failed, one still pending.
+    let partner_id = platescore::store::partners::authenticate(&app.db, &app.key)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    for status in [
+        entity::delivery::DeliveryStatus::Delivered,
+        entity::delivery::DeliveryStatus::Failed,
+        entity::delivery::DeliveryStatus::Pending,
+    ] {
+        use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+        let now = chrono::Utc::now();
+        entity::delivery::ActiveModel {
+            id: Set(uuid::Uuid::now_v7()),
+            job_id: Set(ids[0]),
+            partner_id: Set(partner_id),
+            endpoint_id: Set(None),
+            url: Set("https://hooks.example.net/x".into()),
+            event_type: Set("job.succeeded".into()),
+            payload: Set("{}".into()),
+            status: Set(status),
+            attempts: Set(1),
+            next_attempt_at: Set(None),
+            lease_token: Set(None),
+            lease_expires_at: Set(None),
+            last_status_code: Set(None),
+            last_error: Set(None),
+            delivered_at: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(app.db.writer())
+        .await
+        .unwrap();
+    }
 
     let mine = app.get_json(&app.key, "/admin/stats?days=7").await;
     assert_eq!(mine["scope"], "partner");
@@ -210,7 +271,8 @@ async fn stats_are_right_on_seeded_data_per_partner_and_for_admins() {
         per_day[6]["day"],
         chrono::Utc::now().format("%Y-%m-%d").to_string()
     );
-    assert_eq!(per_day[6]["jobs"], 5);
+    assert_eq!(per_day[6]["jobs"], 4);
+    assert_eq!(per_day[5]["jobs"], 1);
     assert_eq!(per_day[0]["jobs"], 0);
     assert_eq!(mine["succeeded"], 3);
     assert_eq!(mine["failed"], 1);
@@ -230,9 +292,10 @@ async fn stats_are_right_on_seeded_data_per_partner_and_for_admins() {
         serde_json::json!({"label": "tabby", "jobs": 1})
     );
     assert!((mine["not_food_share"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
-    assert_eq!(mine["processing_ms_p50"], 300);
-    assert_eq!(mine["processing_ms_p95"], 400);
-    assert_eq!(mine["delivery_success_rate"], Value::Null);
+    // Succeeded jobs only (100, 200, 300 ms; the failed one's 400 ms is left out).
+    assert_eq!(mine["processing_ms_p50"], 200);
+    assert_eq!(mine["processing_ms_p95"], 300);
+    assert_eq!(mine["delivery_success_rate"], 0.5);
 
     let all = app.get_json(&admin, "/admin/stats").await;
     assert_eq!(all["scope"], "all");

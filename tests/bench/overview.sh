@@ -2,7 +2,8 @@
 # Benchmark (not a test): GET /admin/overview, what /dashboard polls every 5 s, over a
 # database holding JOBS jobs enqueued and finished in the last hour (default 360,000, i.e.
 # 100 jobs/s; 2% failed), against a release build on loopback: the first request (the
-# node's cache of final minutes empty) and the refreshes after it.
+# node's cache of final minutes empty) and the refreshes after it; then GET /admin/stats
+# over the same jobs.
 #   tests/bench/overview.sh sqlite [JOBS]
 #   .ci/with-postgres tests/bench/overview.sh postgres [JOBS]
 # Env: BENCH_REQUESTS (default 20).
@@ -33,13 +34,16 @@ case "$backend" in
 WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $jobs - 1),
 t AS (SELECT i, julianday('now') - (i * 3600.0 / $jobs) / 86400.0 AS created FROM n)
 INSERT INTO jobs (id, partner_id, status, request_fingerprint, attempts, created_at,
-                  updated_at, finished_at, run_at, error_code)
+                  updated_at, finished_at, run_at, error_code, result, processing_time_ms)
 SELECT randomblob(16), (SELECT id FROM partners LIMIT 1),
        CASE WHEN i % 50 = 0 THEN 'failed' ELSE 'succeeded' END, 'bench', 1,
        strftime('%Y-%m-%dT%H:%M:%f+00:00', created), strftime('%Y-%m-%dT%H:%M:%f+00:00', created),
        strftime('%Y-%m-%dT%H:%M:%f+00:00', created + 0.2 / 86400.0),
        strftime('%Y-%m-%dT%H:%M:%f+00:00', created),
-       CASE WHEN i % 50 = 0 THEN 'image_corrupt' END
+       CASE WHEN i % 50 = 0 THEN 'image_corrupt' END,
+       CASE WHEN i % 50 <> 0 THEN json_object('is_food', json(CASE WHEN i % 7 = 0 THEN 'false' ELSE 'true' END),
+         'rating', 1 + i % 5, 'labels', json_array(json_object('label', 'label_' || (i % 40)))) END,
+       50 + i % 200
 FROM t;
 ANALYZE;
 SQL
@@ -50,13 +54,16 @@ SQL
     key=$("$bin" partners create ops --admin 2>/dev/null)
     psql -q "$DATABASE_URL" <<SQL
 INSERT INTO jobs (id, partner_id, status, request_fingerprint, attempts, created_at,
-                  updated_at, finished_at, run_at, error_code)
+                  updated_at, finished_at, run_at, error_code, result, processing_time_ms)
 SELECT gen_random_uuid(), (SELECT id FROM partners LIMIT 1),
        CASE WHEN i % 50 = 0 THEN 'failed' ELSE 'succeeded' END, 'bench', 1,
        now() - i * (interval '1 hour' / $jobs), now() - i * (interval '1 hour' / $jobs),
        now() - i * (interval '1 hour' / $jobs) + interval '200 milliseconds',
        now() - i * (interval '1 hour' / $jobs),
-       CASE WHEN i % 50 = 0 THEN 'image_corrupt' END
+       CASE WHEN i % 50 = 0 THEN 'image_corrupt' END,
+       CASE WHEN i % 50 <> 0 THEN jsonb_build_object('is_food', i % 7 <> 0, 'rating', 1 + i % 5,
+         'labels', jsonb_build_array(jsonb_build_object('label', 'label_' || (i % 40)))) END,
+       50 + i % 200
 FROM generate_series(0, $jobs - 1) AS i;
 ANALYZE jobs;
 SQL
@@ -78,3 +85,6 @@ echo "backend=$backend jobs_in_window=$finished requests=$requests"
 awk -v t="$first" 'BEGIN { printf "first request: %.0f ms\n", t * 1000 }'
 echo "$times" | awk '{ t[NR] = $1 * 1000 } END {
   printf "refreshes: min %.0f ms, median %.0f ms, max %.0f ms\n", t[1], t[int((NR + 1) / 2)], t[NR] }'
+stats=$(curl -fsS -o /dev/null -w '%{time_total}' -H "Authorization: Bearer $key" \
+  "http://127.0.0.1:$port/admin/stats?days=1")
+awk -v t="$stats" 'BEGIN { printf "stats (days=1, all partners): %.0f ms\n", t * 1000 }'
