@@ -6,8 +6,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    Opts, Registry, TextEncoder,
+    core::Collector, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -39,6 +39,19 @@ const JOB_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 
+/// Registers a metric and returns it. Names and options are constants: an error here is a
+/// bug, and any test that touches the metrics finds it.
+fn registered<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<C>,
+) -> C {
+    let metric = metric.expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// The process's metrics.
@@ -50,79 +63,42 @@ impl Metrics {
     fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+            registered(&registry, IntCounterVec::new(Opts::new(name, help), labels))
         };
         let histogram = |name: &str, help: &str, buckets: &[f64]| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
-                .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
-        };
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "platescore_http_request_duration_seconds",
-                "Time to answer an HTTP request, by operation.",
+            registered(
+                &registry,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())),
             )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["operation"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(http_duration.clone()))
-            .expect("unique metric");
-        let jobs_enqueued = IntCounter::new(
-            "platescore_jobs_enqueued_total",
-            "Jobs accepted by POST /enqueue (idempotent replays excluded).",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(jobs_enqueued.clone()))
-            .expect("unique metric");
-        let queue_depth = GaugeVec::new(
-            Opts::new(
-                "platescore_queue_depth",
-                "Jobs queued or in progress, by state, read from the database at scrape time.",
-            ),
-            &["state"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(queue_depth.clone()))
-            .expect("unique metric");
-        let oldest_queued_age = Gauge::new(
-            "platescore_queue_oldest_age_seconds",
-            "Age of the oldest job that is due and still queued; 0 when none.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(oldest_queued_age.clone()))
-            .expect("unique metric");
-        let database_up = Gauge::new(
-            "platescore_database_up",
-            "1 when the queue was read from the database at this scrape, else 0 (the queue \
-             gauges are then NaN).",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(database_up.clone()))
-            .expect("unique metric");
+        };
         let metrics = Self {
             http_requests: counter(
                 "platescore_http_requests_total",
                 "HTTP requests, by operation and status.",
                 &["operation", "status"],
             ),
-            http_duration,
-            jobs_enqueued,
+            http_duration: registered(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "platescore_http_request_duration_seconds",
+                        "Time to answer an HTTP request, by operation.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["operation"],
+                ),
+            ),
+            jobs_enqueued: registered(
+                &registry,
+                IntCounter::new(
+                    "platescore_jobs_enqueued_total",
+                    "Jobs accepted by POST /enqueue (idempotent replays excluded).",
+                ),
+            ),
             jobs_finished: counter(
                 "platescore_jobs_finished_total",
-                "Jobs finished, by status (succeeded, failed) and error code (none on success).",
+                "Jobs finished, by status (succeeded, failed) and error code (none on \
+                 success).",
                 &["status", "code"],
             ),
             jobs_retried: counter(
@@ -130,9 +106,32 @@ impl Metrics {
                 "Job attempts that failed transiently and were queued again, by code.",
                 &["code"],
             ),
-            queue_depth,
-            oldest_queued_age,
-            database_up,
+            queue_depth: registered(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "platescore_queue_depth",
+                        "Jobs queued or in progress, by state, read from the database at \
+                         scrape time.",
+                    ),
+                    &["state"],
+                ),
+            ),
+            oldest_queued_age: registered(
+                &registry,
+                Gauge::new(
+                    "platescore_queue_oldest_age_seconds",
+                    "Age of the oldest job that is due and still queued; 0 when none.",
+                ),
+            ),
+            database_up: registered(
+                &registry,
+                Gauge::new(
+                    "platescore_database_up",
+                    "1 when the queue was read from the database at this scrape, else 0 (the \
+                     queue gauges are then NaN).",
+                ),
+            ),
             batch_size: histogram(
                 "platescore_batch_size",
                 "Images per inference batch.",
@@ -179,6 +178,32 @@ impl Metrics {
         }
         metrics.jobs_finished.with_label_values(&["succeeded", ""]);
         metrics
+    }
+
+    /// Jobs a sweep (`code`: `worker_lost` for expired leases, `stale` for the
+    /// reconciliation) put back in the queue or failed.
+    pub fn jobs_swept(&self, code: &str, requeued: u64, failed: u64) {
+        self.jobs_retried
+            .with_label_values(&[code])
+            .inc_by(requeued);
+        self.jobs_finished
+            .with_label_values(&["failed", code])
+            .inc_by(failed);
+    }
+
+    /// The queue as read from the database now: (queued, in progress, oldest due job's age
+    /// in seconds), or None when it could not be read.
+    pub fn set_queue(&self, queue: Option<(u64, u64, f64)>) {
+        let (queued, in_progress, oldest, up) = match queue {
+            Some((queued, in_progress, oldest)) => (queued as f64, in_progress as f64, oldest, 1.0),
+            None => (f64::NAN, f64::NAN, f64::NAN, 0.0),
+        };
+        self.queue_depth.with_label_values(&["queued"]).set(queued);
+        self.queue_depth
+            .with_label_values(&["in_progress"])
+            .set(in_progress);
+        self.oldest_queued_age.set(oldest);
+        self.database_up.set(up);
     }
 
     /// The text exposition of every metric.

@@ -92,7 +92,7 @@ pub fn app(state: Arc<AppState>, max_body_bytes: u64) -> impl Endpoint {
     let docs = service.swagger_ui();
     Route::new()
         .at("/openapi.json", get(spec))
-        .at("/metrics", get(metrics_text))
+        .at("/metrics", get(observe::metrics_text))
         .nest("/dashboard", dashboard::routes())
         .nest("/docs", docs)
         .nest("/", service.with(payload::BodyLimit::new(max_body_bytes)))
@@ -101,57 +101,10 @@ pub fn app(state: Arc<AppState>, max_body_bytes: u64) -> impl Endpoint {
         .with(observe::Observe)
 }
 
-/// `GET /metrics`: Prometheus text format. Queue depth is read from the database now.
-#[poem::handler]
-async fn metrics_text(
-    state: poem::web::Data<&Arc<AppState>>,
-    request: &poem::Request,
-) -> poem::Result<poem::Response> {
-    if let Some(token) = &state.metrics_token {
-        let presented = request
-            .header(poem::http::header::AUTHORIZATION)
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(
-            presented.as_bytes(),
-            token.as_bytes(),
-        )) {
-            return Err(problem::ApiProblem::new(
-                poem::http::StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the metrics token is required: `Authorization: Bearer <token>`",
-            )
-            .into());
-        }
-    }
-    let metrics = crate::metrics::get();
-    let (queued, in_progress, oldest, up) =
-        match crate::store::jobs::queue_stats(&state.db, chrono::Utc::now()).await {
-            Ok(stats) => (
-                stats.queued as f64,
-                stats.in_progress as f64,
-                stats.oldest_due_age_seconds,
-                1.0,
-            ),
-            Err(err) => {
-                tracing::warn!(error = %err, "metrics: reading the queue depth failed");
-                (f64::NAN, f64::NAN, f64::NAN, 0.0)
-            }
-        };
-    for (state, count) in [("queued", queued), ("in_progress", in_progress)] {
-        metrics.queue_depth.with_label_values(&[state]).set(count);
-    }
-    metrics.oldest_queued_age.set(oldest);
-    metrics.database_up.set(up);
-    Ok(poem::Response::builder()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(metrics.render()))
-}
-
 /// A worker node's HTTP: the health probes only.
 pub fn probes_app(state: Arc<AppState>) -> impl Endpoint {
     Route::new()
-        .at("/metrics", get(metrics_text))
+        .at("/metrics", get(observe::metrics_text))
         .nest(
             "/",
             OpenApiService::new(health::HealthApi, "platescore", ""),

@@ -1,14 +1,21 @@
 //! Every request gets an id (the caller's `x-request-id` when it is sane, else a new one),
 //! returned as `x-request-id` and carried by the request's tracing span; and is counted
-//! and timed in the metrics by its OpenAPI operation id, never by its URL.
+//! and timed in the metrics by its OpenAPI operation id, never by its URL. `GET /metrics`
+//! serves them.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
-use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result};
+use poem::{
+    http::{header, StatusCode},
+    web::Data,
+    Endpoint, IntoResponse, Middleware, Request, Response, Result,
+};
 use poem_openapi::OperationId;
+use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
-use crate::metrics;
+use super::{problem::ApiProblem, AppState};
+use crate::{metrics, store::jobs};
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -63,4 +70,39 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
         }
         Ok(response)
     }
+}
+
+/// `GET /metrics`: the Prometheus text format, behind `metrics_token` when one is set.
+/// The queue gauges are read from the database now.
+#[poem::handler]
+pub async fn metrics_text(state: Data<&Arc<AppState>>, request: &Request) -> Result<Response> {
+    if let Some(token) = &state.metrics_token {
+        let presented = request
+            .header(header::AUTHORIZATION)
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+            return Err(ApiProblem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the metrics token is required: `Authorization: Bearer <token>`",
+            )
+            .into());
+        }
+    }
+    let metrics = metrics::get();
+    match jobs::queue_stats(&state.db, chrono::Utc::now()).await {
+        Ok(queue) => metrics.set_queue(Some((
+            queue.queued,
+            queue.in_progress,
+            queue.oldest_due_age_seconds,
+        ))),
+        Err(err) => {
+            tracing::warn!(error = %err, "metrics: reading the queue depth failed");
+            metrics.set_queue(None);
+        }
+    }
+    Ok(Response::builder()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(metrics.render()))
 }

@@ -108,15 +108,7 @@ impl Reconciler {
         .await?;
         counts.jobs_requeued = requeued;
         counts.jobs_failed_stale = failed;
-        let metrics = crate::metrics::get();
-        metrics
-            .jobs_retried
-            .with_label_values(&["stale"])
-            .inc_by(requeued);
-        metrics
-            .jobs_finished
-            .with_label_values(&["failed", "stale"])
-            .inc_by(failed);
+        crate::metrics::get().jobs_swept("stale", requeued, failed);
         counts.endpoints_disabled = endpoints::disable_failing_since(
             &self.db,
             before(now, self.settings.disable_failing_endpoints_after),

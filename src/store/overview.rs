@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Mutex,
+    sync::{LazyLock, Mutex},
 };
 
 use chrono::{DateTime, Duration, Utc};
@@ -162,7 +162,7 @@ impl MinuteCache {
 
 /// Upper bounds (ms) of the latency buckets: 10 ms growing by 25% to about an hour; one
 /// more bucket holds everything slower.
-fn latency_bounds() -> Vec<f64> {
+static LATENCY_BOUNDS: LazyLock<Vec<f64>> = LazyLock::new(|| {
     let mut bounds = Vec::new();
     let mut bound = 10.0f64;
     while bound < 3_600_000.0 {
@@ -170,16 +170,15 @@ fn latency_bounds() -> Vec<f64> {
         bound *= 1.25;
     }
     bounds
-}
+});
 
 /// `CASE` that maps a latency in ms (`expr`) to its bucket's index.
 fn bucket_case(expr: &str) -> String {
-    let bounds = latency_bounds();
     let mut case = String::from("CASE");
-    for (i, bound) in bounds.iter().enumerate() {
+    for (i, bound) in LATENCY_BOUNDS.iter().enumerate() {
         case.push_str(&format!(" WHEN {expr} <= {bound} THEN {i}"));
     }
-    case.push_str(&format!(" ELSE {} END", bounds.len()));
+    case.push_str(&format!(" ELSE {} END", LATENCY_BOUNDS.len()));
     case
 }
 
@@ -238,24 +237,19 @@ async fn per_minute(
 
 /// The grouped rows, by epoch minute.
 fn fold(enqueued: &[MinuteCount], finished: &[MinuteCount]) -> BTreeMap<i64, MinuteAggregate> {
-    let buckets = latency_bounds().len() + 1;
-    let mut minutes: BTreeMap<i64, MinuteAggregate> = BTreeMap::new();
-    for (row, is_finish) in enqueued
-        .iter()
-        .map(|r| (r, false))
-        .chain(finished.iter().map(|r| (r, true)))
-    {
-        let aggregate = minutes
-            .entry(row.minute)
-            .or_insert_with(|| MinuteAggregate {
-                latency: vec![0; buckets],
-                ..Default::default()
-            });
+    fn minute(minutes: &mut BTreeMap<i64, MinuteAggregate>, m: i64) -> &mut MinuteAggregate {
+        minutes.entry(m).or_insert_with(|| MinuteAggregate {
+            latency: vec![0; LATENCY_BOUNDS.len() + 1],
+            ..Default::default()
+        })
+    }
+    let mut minutes = BTreeMap::new();
+    for row in enqueued {
+        minute(&mut minutes, row.minute).enqueued += row.jobs as u64;
+    }
+    for row in finished {
+        let aggregate = minute(&mut minutes, row.minute);
         let jobs = row.jobs as u64;
-        if !is_finish {
-            aggregate.enqueued += jobs;
-            continue;
-        }
         match row.status.as_str() {
             "succeeded" => aggregate.succeeded += jobs,
             _ => aggregate.failed += jobs,
@@ -278,7 +272,7 @@ fn assemble(
     aggregates: &[MinuteAggregate],
     backlog_now: u64,
 ) -> Vec<MinuteStats> {
-    let bounds = latency_bounds();
+    let bounds = LATENCY_BOUNDS.as_slice();
     let mut stats = vec![MinuteStats::default(); aggregates.len()];
     let mut backlog = backlog_now as i64;
     for (i, aggregate) in aggregates.iter().enumerate().rev() {
@@ -288,8 +282,8 @@ fn assemble(
             succeeded: aggregate.succeeded,
             failed: aggregate.failed,
             backlog: backlog.max(0) as u64,
-            latency_p50_ms: quantile(&bounds, &aggregate.latency, 0.50),
-            latency_p95_ms: quantile(&bounds, &aggregate.latency, 0.95),
+            latency_p50_ms: quantile(bounds, &aggregate.latency, 0.50),
+            latency_p95_ms: quantile(bounds, &aggregate.latency, 0.95),
         };
         backlog =
             backlog - aggregate.enqueued as i64 + (aggregate.succeeded + aggregate.failed) as i64;
@@ -433,7 +427,7 @@ mod tests {
 
     #[test]
     fn buckets_grow_by_a_quarter_up_to_an_hour() {
-        let bounds = latency_bounds();
+        let bounds = &*LATENCY_BOUNDS;
         assert_eq!(bounds[..4], [10.0, 13.0, 16.0, 20.0]);
         assert!(bounds.windows(2).all(|w| w[1] > w[0] && w[1] <= w[0] * 1.3));
         assert!(*bounds.last().unwrap() < 3_600_000.0);

@@ -64,37 +64,43 @@ pub struct JobWorker {
     settings: WorkerSettings,
 }
 
-/// End to end: from enqueue to the outcome.
-/// The metric labels of an outcome: `succeeded`, `failed` or `retried`, and its code.
-fn outcome_labels(outcome: &Outcome) -> (&'static str, String) {
-    match outcome {
-        Outcome::Succeeded { .. } => ("succeeded", String::new()),
-        Outcome::Failed { code, .. } => ("failed", code.clone()),
-        Outcome::Retry { code, .. } => ("retried", code.clone()),
-    }
+/// What the metrics count of an outcome, once it is written.
+enum Counted {
+    Finished { status: &'static str, code: String },
+    Retried { code: String },
 }
 
-/// Counts an outcome once it is written; one dropped with its lease is counted when the job
-/// runs again.
-fn count_outcome(
-    (status, code): (&'static str, String),
-    created_at: chrono::DateTime<Utc>,
-    now: chrono::DateTime<Utc>,
-) {
-    let metrics = metrics::get();
-    if status == "retried" {
-        metrics
-            .jobs_retried
-            .with_label_values(&[code.as_str()])
-            .inc();
-        return;
+impl Counted {
+    fn of(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Succeeded { .. } => Self::Finished {
+                status: "succeeded",
+                code: String::new(),
+            },
+            Outcome::Failed { code, .. } => Self::Finished {
+                status: "failed",
+                code: code.clone(),
+            },
+            Outcome::Retry { code, .. } => Self::Retried { code: code.clone() },
+        }
     }
-    metrics
-        .jobs_finished
-        .with_label_values(&[status, code.as_str()])
-        .inc();
-    let age = (now - created_at).num_milliseconds().max(0) as f64 / 1000.0;
-    metrics.job_seconds.observe(age);
+
+    /// Counts it; an outcome dropped with its lease is counted when the job runs again.
+    /// A finished job's age (enqueue to outcome) goes to the end-to-end histogram.
+    fn record(self, created_at: chrono::DateTime<Utc>, now: chrono::DateTime<Utc>) {
+        let metrics = metrics::get();
+        match self {
+            Self::Retried { code } => metrics.jobs_retried.with_label_values(&[&code]).inc(),
+            Self::Finished { status, code } => {
+                metrics
+                    .jobs_finished
+                    .with_label_values(&[status, &code])
+                    .inc();
+                let age = (now - created_at).num_milliseconds().max(0) as f64 / 1000.0;
+                metrics.job_seconds.observe(age);
+            }
+        }
+    }
 }
 
 /// A job's outcome on its way to the recorder, with where to say whether it was written.
@@ -154,15 +160,7 @@ impl JobWorker {
                     Ok((0, 0)) => {}
                     Ok((requeued, failed)) => {
                         tracing::info!(requeued, failed, "rescued jobs whose lease expired");
-                        let metrics = metrics::get();
-                        metrics
-                            .jobs_retried
-                            .with_label_values(&["worker_lost"])
-                            .inc_by(requeued);
-                        metrics
-                            .jobs_finished
-                            .with_label_values(&["failed", "worker_lost"])
-                            .inc_by(failed);
+                        metrics::get().jobs_swept("worker_lost", requeued, failed);
                     }
                     Err(err) => tracing::warn!(error = %err, "rescuing expired leases failed"),
                 }
@@ -344,14 +342,14 @@ impl JobWorker {
             }
         };
         let created_at = lease.job.created_at;
-        let labels = outcome_labels(&outcome);
+        let counted = Counted::of(&outcome);
         let (done, recorded) = oneshot::channel();
         if recorder.send((lease, outcome, done)).await.is_err() {
             tracing::warn!("the outcome recorder stopped; the lease will expire");
             return;
         }
         match recorded.await {
-            Ok(Some(_)) => count_outcome(labels, created_at, now),
+            Ok(Some(_)) => counted.record(created_at, now),
             Ok(None) => tracing::warn!("the lease expired before the job finished; result dropped"),
             Err(_) => tracing::warn!(
                 "recording the outcome failed; the lease will expire and the job be retried"
