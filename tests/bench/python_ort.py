@@ -1,7 +1,7 @@
 """Benchmark (not a test): Python onnxruntime on the shipped model, for comparison with
 `platescore bench runtime` at the same thread count.
 
-    pip install -r .ci/requirements-ort.txt numpy
+    pip install -r tests/bench/requirements.txt
     python3 tests/bench/python_ort.py --threads 2 --batches 1,4,8,16,32
 """
 
