@@ -78,10 +78,14 @@ pub struct Config {
     pub model_dir: PathBuf,
     /// `auto` (ONNX Runtime when its library loads, else tract), `ort` or `tract`.
     pub runtime: RuntimeChoice,
-    /// Path of `libonnxruntime.so…`; when unset, `ORT_DYLIB_PATH`, then the loader's path.
+    /// Path of `libonnxruntime.so…`; when unset, `ORT_DYLIB_PATH`, then the library the
+    /// build bundled (beside the executable, or where the build cached it).
     pub ort_library: Option<PathBuf>,
-    /// ONNX Runtime provider: `cpu`, `cuda`, or `tensorrt` (falls back to CUDA, then CPU).
+    /// ONNX Runtime provider: `cpu`, `cuda`, or `tensorrt` (CUDA runs what TensorRT cannot).
     pub execution_provider: ExecutionProvider,
+    /// When the GPU provider cannot start, serve on the next one (TensorRT → CUDA → CPU)
+    /// instead of refusing to start.
+    pub execution_provider_fallback: bool,
     /// Threads for one inference (ONNX Runtime) or inference workers (tract). 0: all cores.
     pub inference_threads: usize,
     /// Largest batch; default per runtime (tract 1, ort CPU 8, GPU 32).
@@ -164,6 +168,7 @@ impl Default for Config {
             runtime: RuntimeChoice::Auto,
             ort_library: None,
             execution_provider: ExecutionProvider::Cpu,
+            execution_provider_fallback: false,
             inference_threads: 0,
             max_batch: None,
             max_batch_wait_ms: None,
@@ -375,6 +380,7 @@ impl Config {
                 choice: self.runtime,
                 ort_library: self.ort_library.clone(),
                 provider: self.execution_provider,
+                provider_fallback: self.execution_provider_fallback,
                 threads,
                 tensorrt_fp16: self.tensorrt_fp16,
                 tensorrt_cache_dir: Some(

@@ -1,11 +1,13 @@
-//! Logging setup: human-readable text by default, JSON lines on request. `RUST_LOG` filters.
+//! Logging setup: human-readable text by default, JSON lines on request. `RUST_LOG` filters;
+//! by default `info`, with ONNX Runtime's own chatter (`ort`) at `warn`.
 
 use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::LogFormat;
 
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

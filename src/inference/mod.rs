@@ -86,14 +86,21 @@ fn ms(duration: Duration) -> f64 {
 }
 
 impl Scorer {
-    /// Loads the model folder and the runtime, and starts the batcher (needs a tokio runtime).
+    /// Loads the model folder and the runtime, starts the batcher (needs a tokio runtime),
+    /// and warms the runtime up at the batch sizes it will see.
     pub fn load(
         settings: &ScorerSettings,
         observer: Option<BatchObserver>,
     ) -> Result<Self, InferenceError> {
         let model = Arc::new(FoodModel::load(&settings.model_dir)?);
-        let runtime = runtime::load(&model.onnx_path, model.input.size, &settings.runtime)?;
-        Ok(Self::with_runtime(model, runtime, settings, observer))
+        let runtime = runtime::load(model.file(), &settings.runtime, settings.max_batch)?;
+        let scorer = Self::with_runtime(model, runtime.clone(), settings, observer);
+        runtime::warm_up(
+            &*runtime,
+            scorer.model.input.tensor_len(),
+            scorer.batcher_settings().max_batch,
+        )?;
+        Ok(scorer)
     }
 
     pub fn with_runtime(

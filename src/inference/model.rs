@@ -8,7 +8,7 @@ use std::{
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{preprocess::InputSpec, tips::TipCatalogue, InferenceError};
+use super::{preprocess::InputSpec, runtime::ModelFile, tips::TipCatalogue, InferenceError};
 
 #[derive(Debug, Deserialize)]
 struct Manifest {
@@ -23,8 +23,14 @@ struct Manifest {
 
 #[derive(Debug, Deserialize)]
 struct ManifestInput {
+    #[serde(default = "default_input_name")]
+    name: String,
     height: u32,
     width: u32,
+}
+
+fn default_input_name() -> String {
+    "input".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +88,10 @@ pub struct FoodTable {
 #[derive(Debug)]
 pub struct FoodModel {
     pub onnx_path: PathBuf,
+    /// The ONNX file's SHA-256, checked against the manifest at load.
+    pub onnx_sha256: String,
+    /// Name of the model's image input.
+    pub input_name: String,
     /// Model file, food table and tips versions together: stored with every result.
     pub version: String,
     pub input: InputSpec,
@@ -165,6 +175,8 @@ impl FoodModel {
         }
         Ok(Self {
             onnx_path,
+            onnx_sha256: manifest.sha256,
+            input_name: manifest.input.name,
             version: format!(
                 "{}+classes.{}+tips.{}",
                 manifest.version, table.version, tips.version
@@ -184,6 +196,16 @@ impl FoodModel {
             },
             tips,
         })
+    }
+
+    /// What a model runtime needs of the ONNX file.
+    pub fn file(&self) -> ModelFile<'_> {
+        ModelFile {
+            path: &self.onnx_path,
+            sha256: &self.onnx_sha256,
+            input_name: &self.input_name,
+            input_size: self.input.size,
+        }
     }
 
     /// The model shipped in `models/food-scorer` of this repository.

@@ -1,6 +1,8 @@
 //! ONNX Runtime through `ort`, with the library loaded at run time (`load-dynamic`): the
-//! build downloads nothing. On NVIDIA GPUs the TensorRT provider (FP16, engine cache) is
-//! tried first, then CUDA, then CPU.
+//! bundled CPU library by default (see `library.rs`), onnxruntime-gpu's on GPU nodes.
+//!
+//! Providers are truthful: a GPU provider that cannot be registered is an error naming what
+//! is missing, unless fallback is allowed; then the runtime's name says what really runs.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,29 +12,26 @@ use std::{
 
 use ort::{
     environment::Environment,
-    ep,
+    ep::{self, ExecutionProvider as _},
     session::{builder::GraphOptimizationLevel, Session},
     value::TensorRef,
 };
 
-use super::{BatchingDefaults, ExecutionProvider, Runtime, RuntimeError, RuntimeSettings};
+use super::{
+    gpu::{self, GpuProbe},
+    BatchingDefaults, ExecutionProvider, ModelFile, OrtLibrary, Runtime, RuntimeError,
+    RuntimeSettings,
+};
 
-/// The library can be loaded once per process; remember how that went.
-static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+/// The library can be loaded once per process; remember how that went, and from where.
+static ENVIRONMENT: OnceLock<Result<(Environment, PathBuf), String>> = OnceLock::new();
 
-fn environment(configured: Option<&Path>) -> Result<&'static Environment, RuntimeError> {
+fn environment(
+    configured: Option<&Path>,
+) -> Result<(&'static Environment, &'static Path), RuntimeError> {
     let result = ENVIRONMENT.get_or_init(|| {
-        let path = configured
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
-            .unwrap_or_else(|| {
-                PathBuf::from(if cfg!(windows) {
-                    "onnxruntime.dll"
-                } else {
-                    "libonnxruntime.so"
-                })
-            });
-        ort::init_from(&path)
+        let library = OrtLibrary::locate(configured);
+        let environment = ort::init_from(library.path())
             .map_err(|e| e.to_string())
             .and_then(|builder| {
                 builder
@@ -40,11 +39,14 @@ fn environment(configured: Option<&Path>) -> Result<&'static Environment, Runtim
                     .build()
                     .map_err(|e| e.to_string())
             })
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(|e| library.explain_failure(&e))?;
+        tracing::info!(library = %library.path().display(), source = ?library, "ONNX Runtime library loaded");
+        Ok((environment, library.path().to_path_buf()))
     });
-    result
-        .as_ref()
-        .map_err(|e| RuntimeError::Library(e.clone()))
+    match result {
+        Ok((environment, path)) => Ok((environment, path.as_path())),
+        Err(e) => Err(RuntimeError::Library(e.clone())),
+    }
 }
 
 pub struct OrtRuntime {
@@ -53,71 +55,223 @@ pub struct OrtRuntime {
     batching: BatchingDefaults,
 }
 
+/// Batching per provider. The GPU figures are starting points, not yet measured on a GPU:
+/// `deploy/gpu/check.sh` measures them (docs/benchmarks.md).
+fn batching_defaults(provider: ExecutionProvider) -> BatchingDefaults {
+    match provider {
+        ExecutionProvider::Cpu => BatchingDefaults {
+            max_batch: 8,
+            max_wait: Duration::from_millis(2),
+            workers: 1,
+        },
+        ExecutionProvider::Cuda | ExecutionProvider::Tensorrt => BatchingDefaults {
+            max_batch: 32,
+            max_wait: Duration::from_millis(5),
+            workers: 1,
+        },
+    }
+}
+
+fn runtime_name(provider: ExecutionProvider) -> &'static str {
+    match provider {
+        ExecutionProvider::Cpu => "ort-cpu",
+        ExecutionProvider::Cuda => "ort-cuda",
+        ExecutionProvider::Tensorrt => "ort-tensorrt",
+    }
+}
+
 impl OrtRuntime {
-    pub fn load(model: &Path, settings: &RuntimeSettings) -> Result<Self, RuntimeError> {
-        let environment = environment(settings.ort_library.as_deref())?;
-        let load = |e: ort::Error| RuntimeError::Load(e.to_string());
-        let mut providers = Vec::new();
-        if settings.provider == ExecutionProvider::Tensorrt {
-            let mut trt = ep::TensorRT::default().with_fp16(settings.tensorrt_fp16);
-            if let Some(dir) = &settings.tensorrt_cache_dir {
-                trt = trt
-                    .with_engine_cache(true)
-                    .with_engine_cache_path(dir.display());
+    /// Loads the model on the configured provider; with fallback allowed, on the next one
+    /// that works (TensorRT → CUDA → CPU).
+    pub fn load(
+        model: ModelFile<'_>,
+        settings: &RuntimeSettings,
+        max_batch: Option<usize>,
+    ) -> Result<Self, RuntimeError> {
+        let (environment, library) = environment(settings.ort_library.as_deref())?;
+        let chain: &[ExecutionProvider] = match settings.provider {
+            ExecutionProvider::Cpu => &[ExecutionProvider::Cpu],
+            ExecutionProvider::Cuda => &[ExecutionProvider::Cuda, ExecutionProvider::Cpu],
+            ExecutionProvider::Tensorrt => &[
+                ExecutionProvider::Tensorrt,
+                ExecutionProvider::Cuda,
+                ExecutionProvider::Cpu,
+            ],
+        };
+        let mut refusals = Vec::new();
+        for &provider in chain {
+            let mut batching = batching_defaults(provider);
+            batching.max_batch = max_batch.unwrap_or(batching.max_batch).max(1);
+            let attempt = Attempt {
+                model,
+                settings,
+                library,
+                provider,
+                max_batch: batching.max_batch,
+            };
+            match attempt.session(environment) {
+                Ok(session) => {
+                    let name = runtime_name(provider);
+                    if !refusals.is_empty() {
+                        tracing::warn!(
+                            wanted = settings.provider.as_str(),
+                            runtime = name,
+                            "execution provider fallback (allowed by execution_provider_fallback): {}",
+                            refusals.join("; ")
+                        );
+                    }
+                    tracing::info!(runtime = name, "ONNX Runtime session ready");
+                    return Ok(Self {
+                        session: Mutex::new(session),
+                        name,
+                        batching,
+                    });
+                }
+                Err(RuntimeError::Provider { provider, reason }) if settings.provider_fallback => {
+                    refusals.push(format!("{provider}: {reason}"));
+                }
+                Err(RuntimeError::Provider { provider, reason }) => {
+                    return Err(RuntimeError::Provider {
+                        provider,
+                        reason: format!(
+                            "{reason}. To serve on the next provider instead, set \
+                             PLATESCORE_EXECUTION_PROVIDER_FALLBACK=true"
+                        ),
+                    })
+                }
+                Err(other) => return Err(other),
             }
-            providers.push(trt.build());
         }
-        if matches!(
-            settings.provider,
-            ExecutionProvider::Tensorrt | ExecutionProvider::Cuda
-        ) {
-            providers.push(ep::CUDA::default().build());
-        }
-        let session = Session::builder(environment)
+        // The chain ends with the CPU, which has no provider to refuse.
+        Err(RuntimeError::Load(refusals.join("; ")))
+    }
+}
+
+/// One try at a session on one provider.
+struct Attempt<'a> {
+    model: ModelFile<'a>,
+    settings: &'a RuntimeSettings,
+    library: &'a Path,
+    provider: ExecutionProvider,
+    max_batch: usize,
+}
+
+impl Attempt<'_> {
+    fn session(&self, environment: &Environment) -> Result<Session, RuntimeError> {
+        let providers = self.providers()?;
+        let load = |e: ort::Error| RuntimeError::Load(e.to_string());
+        let refuse = |e: ort::Error| self.refusal(format!("ONNX Runtime could not start it: {e}"));
+        let mut builder = Session::builder(environment)
             .map_err(load)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| load(e.into()))?
-            .with_intra_threads(settings.threads.max(1))
+            .with_intra_threads(self.settings.threads.max(1))
             .map_err(|e| load(e.into()))?
             // Idle intra-op threads sleep instead of spinning: in a service the cores they
             // would burn decode images, serve HTTP and write the database.
             .with_intra_op_spinning(false)
             .map_err(|e| load(e.into()))?
             .with_execution_providers(providers)
-            .map_err(|e| load(e.into()))?
-            .commit_from_file(model)
-            .map_err(load)?;
-        let (name, batching) = match settings.provider {
-            ExecutionProvider::Cpu => (
-                "ort-cpu",
-                BatchingDefaults {
-                    max_batch: 8,
-                    max_wait: Duration::from_millis(2),
-                    workers: 1,
-                },
-            ),
-            ExecutionProvider::Cuda => (
-                "ort-cuda",
-                BatchingDefaults {
-                    max_batch: 32,
-                    max_wait: Duration::from_millis(5),
-                    workers: 1,
-                },
-            ),
-            ExecutionProvider::Tensorrt => (
-                "ort-tensorrt",
-                BatchingDefaults {
-                    max_batch: 32,
-                    max_wait: Duration::from_millis(5),
-                    workers: 1,
-                },
-            ),
-        };
-        Ok(Self {
-            session: Mutex::new(session),
-            name,
-            batching,
+            .map_err(|e| refuse(e.into()))?;
+        builder.commit_from_file(self.model.path).map_err(|e| {
+            // On a GPU provider a failed commit is most often the provider failing to start.
+            if self.provider.is_gpu() {
+                refuse(e)
+            } else {
+                load(e)
+            }
         })
+    }
+
+    fn refusal(&self, reason: String) -> RuntimeError {
+        RuntimeError::Provider {
+            provider: self.provider.as_str(),
+            reason,
+        }
+    }
+
+    /// The providers to register, each made to fail loudly; for a GPU provider, first checks
+    /// what this machine lacks, so the error names it.
+    fn providers(&self) -> Result<Vec<ep::ExecutionProviderDispatch>, RuntimeError> {
+        let mut missing = Vec::new();
+        let compiled_in = |available: ort::Result<bool>, what: &str, missing: &mut Vec<String>| {
+            if !available.unwrap_or(false) {
+                missing.push(format!(
+                    "the ONNX Runtime library {} is built without {what} (use the \
+                     onnxruntime-gpu wheel's library, with its provider libraries beside it; \
+                     see deploy/gpu/check.sh)",
+                    self.library.display()
+                ));
+            }
+        };
+        match self.provider {
+            ExecutionProvider::Cpu => return Ok(Vec::new()),
+            ExecutionProvider::Tensorrt => {
+                compiled_in(ep::TensorRT::is_available(), "TensorRT", &mut missing)
+            }
+            ExecutionProvider::Cuda => compiled_in(ep::CUDA::is_available(), "CUDA", &mut missing),
+        }
+        let probe = GpuProbe::read();
+        missing.extend(probe.missing());
+        if !missing.is_empty() {
+            return Err(self.refusal(missing.join("; ")));
+        }
+        let cuda = ep::CUDA::default()
+            .with_device_id(0)
+            .build()
+            .error_on_failure();
+        if self.provider == ExecutionProvider::Cuda {
+            return Ok(vec![cuda]);
+        }
+        let cache = self.tensorrt_cache(&probe)?;
+        let shape = |batch: usize| {
+            let side = self.model.input_size;
+            format!("{}:{batch}x3x{side}x{side}", self.model.input_name)
+        };
+        let mut tensorrt = ep::TensorRT::default()
+            .with_device_id(0)
+            .with_fp16(self.settings.tensorrt_fp16)
+            // One optimisation profile for every batch the batcher forms.
+            .with_profile_min_shapes(shape(1))
+            .with_profile_opt_shapes(shape(self.max_batch))
+            .with_profile_max_shapes(shape(self.max_batch));
+        if let Some(dir) = cache {
+            let dir = dir.display();
+            tensorrt = tensorrt
+                .with_engine_cache(true)
+                .with_engine_cache_path(&dir)
+                .with_timing_cache(true)
+                .with_timing_cache_path(&dir);
+        }
+        // CUDA runs whatever TensorRT cannot.
+        Ok(vec![tensorrt.build().error_on_failure(), cuda])
+    }
+
+    /// The engine and timing cache folder for this model, GPU, TensorRT version, profile and
+    /// precision: an engine built for one of them never loads for another.
+    fn tensorrt_cache(&self, probe: &GpuProbe) -> Result<Option<PathBuf>, RuntimeError> {
+        let Some(root) = &self.settings.tensorrt_cache_dir else {
+            return Ok(None);
+        };
+        let tensorrt = gpu::tensorrt_version(&gpu::library_dirs(self.library))
+            .unwrap_or_else(|| "unknown".into());
+        let key = format!(
+            "{}-{}-trt{}-b{}-{}",
+            &self.model.sha256[..self.model.sha256.len().min(16)],
+            gpu::slug(probe.model.as_deref().unwrap_or("unknown-gpu")),
+            tensorrt,
+            self.max_batch,
+            if self.settings.tensorrt_fp16 {
+                "fp16"
+            } else {
+                "fp32"
+            },
+        );
+        let dir = root.join(key);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| RuntimeError::Load(format!("TensorRT cache {}: {e}", dir.display())))?;
+        tracing::info!(cache = %dir.display(), "TensorRT engine cache");
+        Ok(Some(dir))
     }
 }
 
