@@ -28,6 +28,8 @@ pub struct Metrics {
     pub webhook_attempts: IntCounterVec,
     pub webhook_seconds: Histogram,
     pub reconcile_runs: IntCounterVec,
+    /// 1 for the model runtime and model version this node scores with.
+    pub model_info: GaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -167,6 +169,17 @@ impl Metrics {
                 "Reconciliation slots, by result: ran, skipped (another node ran it), error.",
                 &["result"],
             ),
+            model_info: registered(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "platescore_model_info",
+                        "1 for the runtime (tract, ort-cpu, ort-cuda, ort-tensorrt) and model \
+                         version this node scores with; absent on API-only nodes.",
+                    ),
+                    &["runtime", "model_version"],
+                ),
+            ),
             registry,
         };
         // Known series start at 0, so a first increment is a visible step for `increase()`.
@@ -204,6 +217,13 @@ impl Metrics {
             .set(in_progress);
         self.oldest_queued_age.set(oldest);
         self.database_up.set(up);
+    }
+
+    /// The model runtime and model version this node scores with.
+    pub fn set_model_info(&self, runtime: &str, model_version: &str) {
+        self.model_info
+            .with_label_values(&[runtime, model_version])
+            .set(1.0);
     }
 
     /// The text exposition of every metric.

@@ -10,7 +10,7 @@ use poem::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::{self, auth::KeyCache, AppState},
+    api::{self, auth::KeyCache, AppState, ScoringInfo},
     config::Config,
     delivery::DeliveryWorker,
     inference::{BatchObserver, Scorer},
@@ -46,6 +46,7 @@ impl Role {
 
 /// What a worker node runs beside the HTTP listener.
 struct Background {
+    scoring: ScoringInfo,
     jobs: Arc<JobWorker>,
     deliveries: Arc<DeliveryWorker>,
     reconciler: Arc<Reconciler>,
@@ -92,7 +93,11 @@ impl Application {
             let batch_sizes: BatchObserver =
                 Arc::new(|size| metrics::get().batch_size.observe(size as f64));
             let scorer = Arc::new(Scorer::load(&config.scorer_settings(), Some(batch_sizes))?);
-            tracing::info!(runtime = scorer.runtime_name(), model = %scorer.model().version, "scorer loaded");
+            let scoring = ScoringInfo {
+                runtime: scorer.runtime_name().to_string(),
+                model_version: scorer.model().version.clone(),
+            };
+            metrics::get().set_model_info(&scoring.runtime, &scoring.model_version);
             let fetcher = GuardedClient::new(
                 policy.clone(),
                 RedirectRule::Follow(MAX_IMAGE_REDIRECTS),
@@ -104,6 +109,7 @@ impl Application {
                 Duration::from_millis(config.webhook_timeout_ms),
             )?;
             Some(Background {
+                scoring,
                 jobs: JobWorker::new(
                     db.clone(),
                     objects.clone(),
@@ -138,7 +144,16 @@ impl Application {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .ok_or_else(|| anyhow::anyhow!("listener has no socket address"))?;
-        tracing::info!(%addr, ?role, database = %redact(&config.database_url()), objects = %objects.describe(), "platescore ready");
+        let scoring = background.as_ref().map(|b| b.scoring.clone());
+        tracing::info!(
+            %addr,
+            ?role,
+            database = %redact(&config.database_url()),
+            objects = %objects.describe(),
+            runtime = %scoring.as_ref().map_or("none (API only)", |s| s.runtime.as_str()),
+            model = %scoring.as_ref().map_or("-", |s| s.model_version.as_str()),
+            "platescore ready"
+        );
         Ok(Self {
             acceptor,
             addr,
@@ -151,6 +166,7 @@ impl Application {
                 draining: CancellationToken::new(),
                 overview_minutes: Default::default(),
                 metrics_token: config.metrics_token.clone().filter(|t| !t.is_empty()),
+                scoring,
             }),
             max_body_bytes: config.max_upload_bytes,
             drain_delay: Duration::from_millis(config.shutdown_drain_ms),

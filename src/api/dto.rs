@@ -276,6 +276,13 @@ pub struct Readiness {
     pub status: String,
     pub database: String,
     pub object_store: String,
+    /// The model runtime in use: `ort-cpu`, `ort-cuda`, `ort-tensorrt` or `tract`; only on
+    /// nodes that score.
+    #[oai(skip_serializing_if_is_none)]
+    pub runtime: Option<String>,
+    /// The model version scored with; only on nodes that score.
+    #[oai(skip_serializing_if_is_none)]
+    pub model_version: Option<String>,
 }
 
 /// Where a webhook delivery is.

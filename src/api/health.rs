@@ -28,7 +28,8 @@ impl HealthApi {
     }
 
     /// The process can serve: the database and the object store are reachable, and it is
-    /// not shutting down.
+    /// not shutting down. Nodes that score also name their model runtime and model version
+    /// (the model is loaded and warmed up before the listener opens).
     #[oai(path = "/health/ready", method = "get", operation_id = "health_ready")]
     async fn ready(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
         let (db, objects) = tokio::join!(state.db.ping(), state.objects.health_check());
@@ -49,6 +50,8 @@ impl HealthApi {
             },
             database: verdict(db.is_ok()),
             object_store: verdict(objects.is_ok()),
+            runtime: state.scoring.as_ref().map(|s| s.runtime.clone()),
+            model_version: state.scoring.as_ref().map(|s| s.model_version.clone()),
         });
         if ready {
             ReadyResponse::Ready(body)

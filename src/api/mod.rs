@@ -37,6 +37,16 @@ pub struct AppState {
     pub overview_minutes: crate::store::overview::MinuteCache,
     /// When set, `/metrics` needs it as a bearer token.
     pub metrics_token: Option<String>,
+    /// What this node scores with; `None` on API-only nodes.
+    pub scoring: Option<ScoringInfo>,
+}
+
+/// The model runtime and model version a worker node scores with.
+#[derive(Debug, Clone)]
+pub struct ScoringInfo {
+    /// `tract`, `ort-cpu`, `ort-cuda` or `ort-tensorrt`.
+    pub runtime: String,
+    pub model_version: String,
 }
 
 #[derive(Tags)]
