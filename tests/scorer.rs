@@ -1,6 +1,6 @@
 //! The food scorer with the real model: preprocessing of awkward files, scores that make
-//! sense, tips that respect diets, batching under concurrency. tract always; ONNX Runtime
-//! when `ORT_DYLIB_PATH` points at its library (CI installs it from PyPI).
+//! sense, tips that respect diets, batching under concurrency; tract, and ONNX Runtime from
+//! the library the build bundles.
 
 use std::{
     path::PathBuf,
@@ -49,6 +49,7 @@ fn settings() -> ScorerSettings {
             choice: RuntimeChoice::Tract,
             ort_library: None,
             provider: ExecutionProvider::Cpu,
+            provider_fallback: false,
             threads: 2,
             tensorrt_fp16: false,
             tensorrt_cache_dir: None,
@@ -483,18 +484,20 @@ async fn under_concurrency_each_caller_gets_its_own_result_and_batches_stay_in_b
     );
 }
 
-/// ONNX Runtime: runs when `ORT_DYLIB_PATH` names the library (CI sets it); otherwise it
-/// says so and checks nothing.
+/// ONNX Runtime, from the library the build bundled (CI always has it).
 #[tokio::test]
 async fn onnx_runtime_agrees_with_tract() {
-    let Some(library) = std::env::var_os("ORT_DYLIB_PATH") else {
-        eprintln!("ORT_DYLIB_PATH is not set: ONNX Runtime not tested here");
+    if let Err(why) = platescore::inference::runtime::bundled_library() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must bundle ONNX Runtime: {why}"
+        );
+        eprintln!("ONNX Runtime is not bundled ({why}): not tested here");
         return;
-    };
+    }
     let ort_settings = ScorerSettings {
         runtime: RuntimeSettings {
             choice: RuntimeChoice::Ort,
-            ort_library: Some(library.into()),
             ..settings().runtime
         },
         ..settings()
@@ -524,5 +527,67 @@ async fn onnx_runtime_agrees_with_tract() {
             "{name}"
         );
         assert_eq!(a.is_food, b.is_food);
+    }
+}
+
+/// A GPU provider, only when `PLATESCORE_TEST_EXECUTION_PROVIDER` names one:
+/// `deploy/gpu/check.sh` sets it, with onnxruntime-gpu's library in `ORT_DYLIB_PATH`. The
+/// provider must really run (no fallback) and agree with the CPU on the same library.
+#[tokio::test]
+async fn a_gpu_provider_runs_for_real_and_agrees_with_the_cpu() {
+    let (provider, name) = match std::env::var("PLATESCORE_TEST_EXECUTION_PROVIDER").as_deref() {
+        Ok("cuda") => (ExecutionProvider::Cuda, "ort-cuda"),
+        Ok("tensorrt") => (ExecutionProvider::Tensorrt, "ort-tensorrt"),
+        _ => {
+            eprintln!("PLATESCORE_TEST_EXECUTION_PROVIDER is not cuda or tensorrt: no GPU test");
+            return;
+        }
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let on = |provider| ScorerSettings {
+        runtime: RuntimeSettings {
+            choice: RuntimeChoice::Ort,
+            provider,
+            provider_fallback: false,
+            tensorrt_fp16: true,
+            tensorrt_cache_dir: Some(
+                std::env::var_os("PLATESCORE_TENSORRT_CACHE_DIR")
+                    .map_or_else(|| cache.path().to_path_buf(), PathBuf::from),
+            ),
+            ..settings().runtime
+        },
+        max_batch: Some(8),
+        ..settings()
+    };
+    let gpu = Scorer::load(&on(provider), None).unwrap();
+    assert_eq!(gpu.runtime_name(), name);
+    let cpu = Scorer::load(&on(ExecutionProvider::Cpu), None).unwrap();
+    assert_eq!(cpu.runtime_name(), "ort-cpu");
+    let names = [
+        "apple.jpg",
+        "lemon.jpg",
+        "pizza.jpg",
+        "cat.jpg",
+        "flower.webp",
+        "awkward/large_6000x4000_hamburger.jpeg",
+    ];
+    // Concurrently, so the GPU sees batches of several sizes.
+    let scored = futures_util::future::join_all(
+        names
+            .iter()
+            .map(|n| gpu.score(fixture(n).into(), &[], "en")),
+    )
+    .await;
+    for (name, scored) in names.iter().zip(scored) {
+        let a = scored.unwrap().result;
+        let b = cpu
+            .score(fixture(name).into(), &[], "en")
+            .await
+            .unwrap()
+            .result;
+        assert_eq!(a.labels[0].index, b.labels[0].index, "{name}");
+        assert_eq!(a.is_food, b.is_food, "{name}");
+        let gap = (a.score.unwrap_or(0.0) - b.score.unwrap_or(0.0)).abs();
+        assert!(gap <= 0.05, "{name}: score {:?} vs {:?}", a.score, b.score);
     }
 }

@@ -20,11 +20,12 @@ fn median(mut samples: Vec<f64>) -> f64 {
     samples[samples.len() / 2]
 }
 
-/// Images per second of the runtime alone at each batch size, one caller.
+/// Images per second of the runtime alone at each batch size, one caller, with the latency
+/// of one batch.
 pub fn runtime_throughput(config: &Config, batches: &[usize], seconds: f64) -> anyhow::Result<()> {
     let settings = config.scorer_settings();
     let model = FoodModel::load(&settings.model_dir)?;
-    let runtime = runtime::load(&model.onnx_path, model.input.size, &settings.runtime)?;
+    let runtime = runtime::load(model.file(), &settings.runtime, settings.max_batch)?;
     println!(
         "runtime {} threads {}",
         runtime.name(),
@@ -40,13 +41,20 @@ pub fn runtime_throughput(config: &Config, batches: &[usize], seconds: f64) -> a
             .collect();
         runtime.run(&input, batch)?; // warm-up
         let started = Instant::now();
-        let mut images = 0usize;
+        let mut calls = Vec::new();
         while started.elapsed().as_secs_f64() < seconds {
+            let call = Instant::now();
             runtime.run(&input, batch)?;
-            images += batch;
+            calls.push(call.elapsed().as_secs_f64() * 1000.0);
         }
-        let rate = images as f64 / started.elapsed().as_secs_f64();
-        println!("batch {batch:>2}: {rate:>7.1} img/s");
+        let rate = (calls.len() * batch) as f64 / started.elapsed().as_secs_f64();
+        calls.sort_by(f64::total_cmp);
+        let at = |q: f64| calls[((calls.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "batch {batch:>2}: {rate:>7.1} img/s, per batch p50 {:.2} ms p99 {:.2} ms",
+            at(0.50),
+            at(0.99)
+        );
     }
     Ok(())
 }
@@ -86,7 +94,7 @@ pub fn preprocess_time(config: &Config, file: &Path, iterations: usize) -> anyho
 pub async fn batcher_overhead(config: &Config, seconds: f64) -> anyhow::Result<()> {
     let settings = config.scorer_settings();
     let model = Arc::new(FoodModel::load(&settings.model_dir)?);
-    let runtime = runtime::load(&model.onnx_path, model.input.size, &settings.runtime)?;
+    let runtime = runtime::load(model.file(), &settings.runtime, settings.max_batch)?;
     let scorer = Scorer::with_runtime(model.clone(), runtime.clone(), &settings, None);
     let batching = scorer.batcher_settings();
     let image = vec![0.1f32; model.input.tensor_len()];
