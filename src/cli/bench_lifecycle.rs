@@ -166,18 +166,28 @@ impl Bench {
     }
 }
 
+/// The files named, and the JPEGs in the folders named and their subfolders.
 fn photos(paths: &[PathBuf]) -> anyhow::Result<Vec<Bytes>> {
     let mut found = Vec::new();
+    let mut folders = Vec::new();
     for path in paths {
         if path.is_dir() {
-            for entry in std::fs::read_dir(path)? {
-                let p = entry?.path();
-                if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg")) {
-                    found.push(Bytes::from(std::fs::read(p)?));
-                }
-            }
+            folders.push(path.clone());
         } else {
             found.push(Bytes::from(std::fs::read(path)?));
+        }
+    }
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(folder)? {
+            let p = entry?.path();
+            if p.is_dir() {
+                folders.push(p);
+            } else if p
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg"))
+            {
+                found.push(Bytes::from(std::fs::read(p)?));
+            }
         }
     }
     anyhow::ensure!(!found.is_empty(), "no .jpg photos found");

@@ -68,7 +68,7 @@ pub async fn run(
 ) -> anyhow::Result<bool> {
     let (files, any_folder) = collect(paths)?;
     let scorer = Scorer::load(&config.scorer_settings(), None)?;
-    tracing::info!(runtime = scorer.runtime_name(), model = %scorer.model().version, images = files.len(), "scoring");
+    tracing::info!(runtime = %scorer.runtime_name(), model = %scorer.model().version, images = files.len(), "scoring");
     let progress = if any_folder {
         let bar =
             ProgressBar::with_draw_target(Some(files.len() as u64), ProgressDrawTarget::stderr());

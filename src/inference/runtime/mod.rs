@@ -141,7 +141,7 @@ pub fn load(
         }
         Err(RuntimeError::Library(reason)) if settings.choice == RuntimeChoice::Auto => {
             tracing::warn!(
-                "ONNX Runtime unavailable, serving with tract (about 5× slower): {reason}"
+                "ONNX Runtime unavailable, serving with tract (inference about 5× slower): {reason}"
             );
             tract()
         }
@@ -163,7 +163,7 @@ pub fn warm_up(
         runtime.run(&vec![0.0; input_len * batch], batch)?;
     }
     tracing::info!(
-        runtime = runtime.name(),
+        runtime = %runtime.name(),
         batches = ?sizes,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "model warmed up"

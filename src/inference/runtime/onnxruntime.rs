@@ -114,13 +114,13 @@ impl OrtRuntime {
                     let name = runtime_name(provider);
                     if !refusals.is_empty() {
                         tracing::warn!(
-                            wanted = settings.provider.as_str(),
-                            runtime = name,
+                            wanted = %settings.provider.as_str(),
+                            runtime = %name,
                             "execution provider fallback (allowed by execution_provider_fallback): {}",
                             refusals.join("; ")
                         );
                     }
-                    tracing::info!(runtime = name, "ONNX Runtime session ready");
+                    tracing::info!(runtime = %name, "ONNX Runtime session ready");
                     return Ok(Self {
                         session: Mutex::new(session),
                         name,
