@@ -149,8 +149,8 @@ pub fn load(
     }
 }
 
-/// Runs every batch size the runtime will see at its extremes, so that lazy work (TensorRT
-/// builds its engine on the first run) is done before the node reports ready.
+/// Runs the smallest and the largest batch once, so that lazy work (TensorRT builds its
+/// engine on the first run) is done before the node reports ready.
 pub fn warm_up(
     runtime: &dyn Runtime,
     input_len: usize,

@@ -193,23 +193,18 @@ impl Attempt<'_> {
     /// The providers to register, each made to fail loudly; for a GPU provider, first checks
     /// what this machine lacks, so the error names it.
     fn providers(&self) -> Result<Vec<ep::ExecutionProviderDispatch>, RuntimeError> {
-        let mut missing = Vec::new();
-        let compiled_in = |available: ort::Result<bool>, what: &str, missing: &mut Vec<String>| {
-            if !available.unwrap_or(false) {
-                missing.push(format!(
-                    "the ONNX Runtime library {} is built without {what} (use the \
-                     onnxruntime-gpu wheel's library, with its provider libraries beside it; \
-                     see deploy/gpu/check.sh)",
-                    self.library.display()
-                ));
-            }
-        };
-        match self.provider {
+        let (compiled_in, what) = match self.provider {
             ExecutionProvider::Cpu => return Ok(Vec::new()),
-            ExecutionProvider::Tensorrt => {
-                compiled_in(ep::TensorRT::is_available(), "TensorRT", &mut missing)
-            }
-            ExecutionProvider::Cuda => compiled_in(ep::CUDA::is_available(), "CUDA", &mut missing),
+            ExecutionProvider::Tensorrt => (ep::TensorRT::is_available(), "TensorRT"),
+            ExecutionProvider::Cuda => (ep::CUDA::is_available(), "CUDA"),
+        };
+        let mut missing = Vec::new();
+        if !compiled_in.unwrap_or(false) {
+            missing.push(format!(
+                "the ONNX Runtime library {} is built without {what} (use the onnxruntime-gpu \
+                 wheel's library, with its provider libraries beside it; see deploy/gpu/)",
+                self.library.display()
+            ));
         }
         let probe = GpuProbe::read();
         missing.extend(probe.missing());
