@@ -53,10 +53,18 @@ fn main() {
     let (library, note) = match bundle() {
         Ok(path) => (path.display().to_string(), String::new()),
         Err(why) => {
-            println!("cargo:warning=ONNX Runtime not bundled ({why}); the server will use tract");
+            // A copy left by an earlier build must not outlive this decision.
+            if let Some(dir) = profile_dir() {
+                let _ = fs::remove_file(dir.join(LIBRARY));
+            }
+            println!(
+                "cargo:warning=ONNX Runtime not bundled ({why}); the server will use tract. \
+                 Once PyPI is reachable: cargo clean -p platescore && cargo build"
+            );
             (String::new(), why)
         }
     };
+    println!("cargo:rustc-env=PLATESCORE_BUNDLED_ORT_FILE={LIBRARY}");
     println!("cargo:rustc-env=PLATESCORE_BUNDLED_ORT_LIBRARY={library}");
     println!("cargo:rustc-env=PLATESCORE_BUNDLED_ORT_NOTE={note}");
 }
@@ -64,6 +72,7 @@ fn main() {
 /// The cached library's path, or why there is none.
 fn bundle() -> Result<PathBuf, String> {
     if let Ok(value) = env::var("PLATESCORE_ORT_FETCH") {
+        let value = value.to_ascii_lowercase();
         if matches!(value.as_str(), "0" | "false" | "no" | "off" | "never") {
             return Err(format!(
                 "the build was told not to fetch it (PLATESCORE_ORT_FETCH={value})"
@@ -88,21 +97,37 @@ fn bundle() -> Result<PathBuf, String> {
     Ok(cached)
 }
 
-/// `PLATESCORE_ORT_CACHE_DIR`, else the user's cache folder (`$XDG_CACHE_HOME`,
-/// `~/.cache`), else the target folder.
+/// `PLATESCORE_ORT_CACHE_DIR` when set; else the first of the user's cache folder
+/// (`$XDG_CACHE_HOME`, `~/.cache`) and the target folder that can be written.
 fn cache_dir() -> Result<PathBuf, String> {
-    if let Some(dir) = env::var_os("PLATESCORE_ORT_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
+    let set = |var: &str| {
+        env::var_os(var)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = set("PLATESCORE_ORT_CACHE_DIR") {
+        return Ok(dir);
     }
-    if let Some(dir) = env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir).join("platescore"));
-    }
-    if let Some(home) = env::var_os("HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(home).join(".cache/platescore"));
-    }
-    profile_dir()
-        .map(|p| p.join("onnxruntime-cache"))
-        .ok_or_else(|| "no cache folder: set PLATESCORE_ORT_CACHE_DIR".to_string())
+    [
+        set("XDG_CACHE_HOME").map(|d| d.join("platescore")),
+        set("HOME").map(|d| d.join(".cache/platescore")),
+        profile_dir().map(|d| d.join("onnxruntime-cache")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|dir| fs::create_dir_all(dir).is_ok())
+    .ok_or_else(|| "no writable cache folder: set PLATESCORE_ORT_CACHE_DIR".to_string())
+}
+
+/// A name beside `path` to write to before the rename: unique per process and moment, as
+/// builds in several containers may share one cache.
+fn partial(path: &Path) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}-{nanos}.partial", std::process::id()));
+    path.with_file_name(name)
 }
 
 /// Downloads the pinned wheel with pip, checks it, and extracts the library to `cached`.
@@ -191,7 +216,7 @@ fn fetch(pinned: &Pinned, cached: &Path) -> Result<(), String> {
     let dir = cached.parent().ok_or("cache path has no folder")?;
     fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     // Written aside and renamed, so a concurrent build never loads half a file.
-    let partial = dir.join(format!("{LIBRARY}.{}.partial", std::process::id()));
+    let partial = partial(cached);
     let mut file = fs::File::create(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
     io::copy(&mut member, &mut file).map_err(|e| format!("extracting {LIBRARY}: {e}"))?;
     drop(file);
@@ -227,7 +252,7 @@ fn copy_beside_executable(cached: &Path) {
     if same_size(cached, &beside) {
         return;
     }
-    let partial = dir.join(format!("{LIBRARY}.{}.partial", std::process::id()));
+    let partial = partial(&beside);
     if fs::copy(cached, &partial)
         .and_then(|_| fs::rename(&partial, &beside))
         .is_err()

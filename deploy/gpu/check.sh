@@ -68,11 +68,12 @@ if ! $cpu_only; then
   [ -n "$wheelhouse" ] && pip_args+=(--no-index --find-links "$wheelhouse")
   "$venv/bin/pip" "${pip_args[@]}"
   site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-  ORT_DYLIB_PATH=$(find "$site/onnxruntime/capi" -name 'libonnxruntime.so.1.*' | head -n 1)
+  ORT_DYLIB_PATH=$(find "$site/onnxruntime/capi" -name 'libonnxruntime.so.1.*' 2>/dev/null | head -n 1 || true)
   [ -n "$ORT_DYLIB_PATH" ] || fail "onnxruntime-gpu installed no libonnxruntime.so.1.*"
   # The providers dlopen CUDA, cuDNN and TensorRT by soname: put every wheel's lib folder on
   # the loader's path.
-  libdirs=$(find "$site/nvidia" "$site/tensorrt_libs" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd: -)
+  libdirs=$(find "$site/nvidia" "$site/tensorrt_libs" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd: - || true)
+  [ -n "$libdirs" ] || fail "the wheels installed no CUDA or TensorRT libraries under $site"
   LD_LIBRARY_PATH="$libdirs:$(dirname "$ORT_DYLIB_PATH")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export ORT_DYLIB_PATH LD_LIBRARY_PATH
   echo "ORT_DYLIB_PATH=$ORT_DYLIB_PATH"
@@ -87,6 +88,8 @@ fi
 
 export PLATESCORE_EXECUTION_PROVIDER_FALLBACK=false
 export PLATESCORE_TENSORRT_CACHE_DIR=$out/tensorrt
+# TensorRT's profile must cover the largest batch measured: every figure below is for
+# max_batch 64 (the default is 32).
 export PLATESCORE_MAX_BATCH=64
 export PLATESCORE_DATA_DIR=$out/data
 export NO_COLOR=1 RUST_LOG=info,ort=warn
@@ -158,9 +161,13 @@ sample_gpu_memory() {
     done
   fi
 }
-baseline=$(sample_gpu_memory | head -n 1 || true)
+baseline=
+command -v nvidia-smi >/dev/null 2>&1 &&
+  baseline=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -n 1 || true)
 table=$out/table.md
 {
+  echo "max_batch 64 (TensorRT profile 1..64), $bench_seconds s per row"
+  echo
   echo "| provider | batch | img/s | p50 ms/batch | p99 ms/batch | peak GPU memory MiB |"
   echo "|---|---:|---:|---:|---:|---:|"
 } >"$table"
@@ -191,8 +198,11 @@ done
 say "bench pipeline (enqueue → webhook on loopback) per provider"
 pipelines=("${gpu_providers[@]}")
 $cpu_only && pipelines=(cpu)
+# Photos that all score (the pipeline stops on a refused one): the food folder when there is one.
+pipeline_images=$images
+[ -d "$images/food" ] && pipeline_images=$images/food
 for provider in "${pipelines[@]}"; do
-  PLATESCORE_EXECUTION_PROVIDER=$provider "$bin" bench pipeline --images "$images/food" --jobs 400 \
+  PLATESCORE_EXECUTION_PROVIDER=$provider "$bin" bench pipeline --images "$pipeline_images" --jobs 400 \
     >"$out/pipeline-$provider.txt" 2>"$out/pipeline-$provider.log" ||
     fail "bench pipeline on $provider: $(tail -n 3 "$out/pipeline-$provider.log")"
   sed "s/^/$provider: /" "$out/pipeline-$provider.txt"

@@ -87,7 +87,7 @@ fn ms(duration: Duration) -> f64 {
 
 impl Scorer {
     /// Loads the model folder and the runtime, starts the batcher (needs a tokio runtime),
-    /// and warms the runtime up at the batch sizes it will see.
+    /// and warms the runtime up (`runtime::warm_up`).
     pub fn load(
         settings: &ScorerSettings,
         observer: Option<BatchObserver>,

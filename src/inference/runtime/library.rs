@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 /// The file name `build.rs` gives the bundled library, in its cache and beside the executable.
-const BUNDLED_FILE: &str = "libonnxruntime.so.1.32.0";
+const BUNDLED_FILE: &str = env!("PLATESCORE_BUNDLED_ORT_FILE");
 
 /// What to run when the library was not bundled.
 pub const FIX: &str = "rebuild where PyPI is reachable with `cargo clean -p platescore && \

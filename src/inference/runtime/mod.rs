@@ -40,6 +40,10 @@ pub trait Runtime: Send + Sync + 'static {
     fn run(&self, input: &[f32], batch: usize) -> Result<Vec<f32>, RuntimeError>;
     /// Batching that suits this runtime.
     fn batching(&self) -> BatchingDefaults;
+    /// The batch sizes to run once before serving: by default the smallest and the largest.
+    fn warm_up_sizes(&self, max_batch: usize) -> Vec<usize> {
+        vec![1, max_batch.max(1)]
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,8 +92,8 @@ pub struct RuntimeSettings {
     /// `libonnxruntime.so…`; when `None`, `ORT_DYLIB_PATH`, then the bundled library.
     pub ort_library: Option<PathBuf>,
     pub provider: ExecutionProvider,
-    /// When the GPU provider cannot run, serve on the next one (TensorRT → CUDA → CPU →
-    /// tract) instead of failing.
+    /// When the GPU provider cannot run, serve on the next one (TensorRT → CUDA → CPU, and
+    /// tract with `auto` when ONNX Runtime itself is missing) instead of failing.
     pub provider_fallback: bool,
     /// Threads for one inference (ort intra-op; tract runs one per worker).
     pub threads: usize,
@@ -149,15 +153,15 @@ pub fn load(
     }
 }
 
-/// Runs the smallest and the largest batch once, so that lazy work (TensorRT builds its
-/// engine on the first run) is done before the node reports ready.
+/// Runs the batch sizes the runtime asks for once, so that lazy work (TensorRT builds its
+/// engine on the first run, cuDNN picks kernels per shape) is done before the node serves.
 pub fn warm_up(
     runtime: &dyn Runtime,
     input_len: usize,
     max_batch: usize,
 ) -> Result<(), RuntimeError> {
     let started = Instant::now();
-    let mut sizes = vec![1, max_batch.max(1)];
+    let mut sizes = runtime.warm_up_sizes(max_batch);
     sizes.dedup();
     for &batch in &sizes {
         runtime.run(&vec![0.0; input_len * batch], batch)?;

@@ -51,7 +51,7 @@ fn environment(
 
 pub struct OrtRuntime {
     session: Mutex<Session>,
-    name: &'static str,
+    provider: ExecutionProvider,
     batching: BatchingDefaults,
 }
 
@@ -123,7 +123,7 @@ impl OrtRuntime {
                     tracing::info!(runtime = %name, "ONNX Runtime session ready");
                     return Ok(Self {
                         session: Mutex::new(session),
-                        name,
+                        provider,
                         batching,
                     });
                 }
@@ -139,7 +139,13 @@ impl OrtRuntime {
                         ),
                     })
                 }
-                Err(other) => return Err(other),
+                Err(other) if refusals.is_empty() => return Err(other),
+                Err(other) => {
+                    return Err(RuntimeError::Load(format!(
+                        "{other} (after {})",
+                        refusals.join("; ")
+                    )))
+                }
             }
         }
         // The chain ends with the CPU, which has no provider to refuse.
@@ -158,9 +164,16 @@ struct Attempt<'a> {
 
 impl Attempt<'_> {
     fn session(&self, environment: &Environment) -> Result<Session, RuntimeError> {
-        let providers = self.providers()?;
+        // Read only for GPU providers: it explains a refusal and names the TensorRT cache.
+        let probe = self.provider.is_gpu().then(GpuProbe::read);
+        let providers = self.providers(probe.as_ref())?;
         let load = |e: ort::Error| RuntimeError::Load(e.to_string());
-        let refuse = |e: ort::Error| self.refusal(format!("ONNX Runtime could not start it: {e}"));
+        let refuse = |e: ort::Error| {
+            self.refusal(
+                format!("ONNX Runtime could not start it, or load the model on it: {e}"),
+                probe.as_ref(),
+            )
+        };
         let mut builder = Session::builder(environment)
             .map_err(load)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
@@ -174,7 +187,6 @@ impl Attempt<'_> {
             .with_execution_providers(providers)
             .map_err(|e| refuse(e.into()))?;
         builder.commit_from_file(self.model.path).map_err(|e| {
-            // On a GPU provider a failed commit is most often the provider failing to start.
             if self.provider.is_gpu() {
                 refuse(e)
             } else {
@@ -183,33 +195,37 @@ impl Attempt<'_> {
         })
     }
 
-    fn refusal(&self, reason: String) -> RuntimeError {
+    /// The provider cannot run, for `first` and for whatever the probe finds missing.
+    fn refusal(&self, first: String, probe: Option<&GpuProbe>) -> RuntimeError {
+        let mut reasons = vec![first];
+        reasons.extend(probe.map(GpuProbe::missing).unwrap_or_default());
         RuntimeError::Provider {
             provider: self.provider.as_str(),
-            reason,
+            reason: reasons.join("; "),
         }
     }
 
-    /// The providers to register, each made to fail loudly; for a GPU provider, first checks
-    /// what this machine lacks, so the error names it.
-    fn providers(&self) -> Result<Vec<ep::ExecutionProviderDispatch>, RuntimeError> {
+    /// The providers to register, each made to fail loudly. A library built without the
+    /// provider is refused here, since registering would only say "not available".
+    fn providers(
+        &self,
+        probe: Option<&GpuProbe>,
+    ) -> Result<Vec<ep::ExecutionProviderDispatch>, RuntimeError> {
         let (compiled_in, what) = match self.provider {
             ExecutionProvider::Cpu => return Ok(Vec::new()),
             ExecutionProvider::Tensorrt => (ep::TensorRT::is_available(), "TensorRT"),
             ExecutionProvider::Cuda => (ep::CUDA::is_available(), "CUDA"),
         };
-        let mut missing = Vec::new();
         if !compiled_in.unwrap_or(false) {
-            missing.push(format!(
-                "the ONNX Runtime library {} is built without {what} (use the onnxruntime-gpu \
-                 wheel's library, with its provider libraries beside it; see deploy/gpu/)",
-                self.library.display()
+            return Err(self.refusal(
+                format!(
+                    "the ONNX Runtime library {} is built without {what} (use the \
+                     onnxruntime-gpu wheel's library, with its provider libraries beside it; \
+                     see deploy/gpu/)",
+                    self.library.display()
+                ),
+                probe,
             ));
-        }
-        let probe = GpuProbe::read();
-        missing.extend(probe.missing());
-        if !missing.is_empty() {
-            return Err(self.refusal(missing.join("; ")));
         }
         let cuda = ep::CUDA::default()
             .with_device_id(0)
@@ -218,7 +234,7 @@ impl Attempt<'_> {
         if self.provider == ExecutionProvider::Cuda {
             return Ok(vec![cuda]);
         }
-        let cache = self.tensorrt_cache(&probe)?;
+        let cache = self.tensorrt_cache(probe)?;
         let shape = |batch: usize| {
             let side = self.model.input_size;
             format!("{}:{batch}x3x{side}x{side}", self.model.input_name)
@@ -242,19 +258,31 @@ impl Attempt<'_> {
         Ok(vec![tensorrt.build().error_on_failure(), cuda])
     }
 
-    /// The engine and timing cache folder for this model, GPU, TensorRT version, profile and
-    /// precision: an engine built for one of them never loads for another.
-    fn tensorrt_cache(&self, probe: &GpuProbe) -> Result<Option<PathBuf>, RuntimeError> {
+    /// The engine and timing cache folder for this model, GPU, TensorRT and ONNX Runtime
+    /// versions, profile and precision: an engine built for one of them never loads for
+    /// another.
+    fn tensorrt_cache(&self, probe: Option<&GpuProbe>) -> Result<Option<PathBuf>, RuntimeError> {
         let Some(root) = &self.settings.tensorrt_cache_dir else {
             return Ok(None);
         };
-        let tensorrt = gpu::tensorrt_version(&gpu::library_dirs(self.library))
-            .unwrap_or_else(|| "unknown".into());
+        let tensorrt =
+            gpu::tensorrt_version(&gpu::library_dirs(self.library)).unwrap_or_else(|| {
+                tracing::warn!(
+                "TensorRT's version is unknown (no libnvinfer.so.* on LD_LIBRARY_PATH or beside \
+                 ONNX Runtime): after a TensorRT upgrade, empty the engine cache by hand"
+            );
+                "unknown".into()
+            });
         let key = format!(
-            "{}-{}-trt{}-b{}-{}",
+            "{}-{}-trt{}-ort{}-b{}-{}",
             &self.model.sha256[..self.model.sha256.len().min(16)],
-            gpu::slug(probe.model.as_deref().unwrap_or("unknown-gpu")),
+            gpu::slug(
+                probe
+                    .and_then(|p| p.model.as_deref())
+                    .unwrap_or("unknown-gpu")
+            ),
             tensorrt,
+            onnxruntime_build(),
             self.max_batch,
             if self.settings.tensorrt_fp16 {
                 "fp16"
@@ -270,9 +298,27 @@ impl Attempt<'_> {
     }
 }
 
+/// The loaded ONNX Runtime's release and commit, from its build info
+/// (`git-branch=rel-1.31.1, git-commit-id=…`): `1.31.1-0a1b2c3`.
+fn onnxruntime_build() -> String {
+    let info = ort::info();
+    let field = |name: &str| {
+        info.split([',', ' '])
+            .find_map(|part| part.trim().strip_prefix(name))
+            .map(str::to_string)
+    };
+    let release = field("git-branch=").map(|b| b.trim_start_matches("rel-").to_string());
+    let commit = field("git-commit-id=");
+    match (release, commit) {
+        (Some(release), Some(commit)) => gpu::slug(&format!("{release}-{commit}")),
+        (Some(one), None) | (None, Some(one)) => gpu::slug(&one),
+        (None, None) => "unknown".into(),
+    }
+}
+
 impl Runtime for OrtRuntime {
     fn name(&self) -> &str {
-        self.name
+        runtime_name(self.provider)
     }
 
     fn run(&self, input: &[f32], batch: usize) -> Result<Vec<f32>, RuntimeError> {
@@ -287,5 +333,15 @@ impl Runtime for OrtRuntime {
 
     fn batching(&self) -> BatchingDefaults {
         self.batching
+    }
+
+    /// cuDNN and TensorRT pick kernels per input shape on first use: on a GPU, every batch
+    /// size is run once.
+    fn warm_up_sizes(&self, max_batch: usize) -> Vec<usize> {
+        if self.provider.is_gpu() {
+            (1..=max_batch.max(1)).collect()
+        } else {
+            vec![1, max_batch.max(1)]
+        }
     }
 }
