@@ -20,6 +20,11 @@ fn median(mut samples: Vec<f64>) -> f64 {
     samples[samples.len() / 2]
 }
 
+/// The `p` quantile (0 to 1) of samples sorted ascending, nearest rank.
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
 /// Images per second of the runtime alone at each batch size, one caller, with the latency
 /// of one batch.
 pub fn runtime_throughput(config: &Config, batches: &[usize], seconds: f64) -> anyhow::Result<()> {
@@ -49,11 +54,10 @@ pub fn runtime_throughput(config: &Config, batches: &[usize], seconds: f64) -> a
         }
         let rate = (calls.len() * batch) as f64 / started.elapsed().as_secs_f64();
         calls.sort_by(f64::total_cmp);
-        let at = |q: f64| calls[((calls.len() - 1) as f64 * q).round() as usize];
         println!(
             "batch {batch:>2}: {rate:>7.1} img/s, per batch p50 {:.2} ms p99 {:.2} ms",
-            at(0.50),
-            at(0.99)
+            percentile(&calls, 0.50),
+            percentile(&calls, 0.99)
         );
     }
     Ok(())

@@ -22,6 +22,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::bench::percentile;
 use crate::{
     api,
     config::Config,
@@ -200,10 +201,6 @@ fn salted(photo: &Bytes, i: usize) -> Bytes {
     let mut bytes = photo.to_vec();
     bytes.extend_from_slice(format!("bench {i} {}", Uuid::new_v4()).as_bytes());
     Bytes::from(bytes)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 const BOUNDARY: &str = "platescore-bench-boundary";
