@@ -49,6 +49,10 @@ pub struct Config {
     pub database_max_connections: u32,
     /// Apply pending migrations when `serve` starts.
     pub migrate_on_start: bool,
+    /// On an empty database, create an admin partner and print its key on stderr. Unset:
+    /// yes on SQLite (one node, whose terminal is the operator's), no on PostgreSQL, where
+    /// logs are shared and `platescore partners create NAME --admin` makes the first key.
+    pub create_first_partner: Option<bool>,
     /// `file:///path` or `s3://bucket/prefix`; default: `file://<data_dir>/objects`.
     pub object_store: Option<String>,
     /// Endpoint of an S3-compatible server (MinIO, R2, Ceph…); AWS when unset.
@@ -151,6 +155,7 @@ impl Default for Config {
             database_url: None,
             database_max_connections: 16,
             migrate_on_start: true,
+            create_first_partner: None,
             object_store: None,
             s3_endpoint_url: None,
             s3_region: "us-east-1".into(),
@@ -334,6 +339,11 @@ impl Config {
                 self.data_dir.join("platescore.db").display()
             ),
         }
+    }
+
+    pub fn creates_first_partner(&self) -> bool {
+        self.create_first_partner
+            .unwrap_or_else(|| self.is_sqlite())
     }
 
     pub fn is_sqlite(&self) -> bool {

@@ -71,7 +71,8 @@ impl Application {
     pub async fn build(config: &Config, role: Role) -> anyhow::Result<Self> {
         let db = Db::connect(&config.database_url(), config.database_max_connections).await?;
         if config.migrate_on_start {
-            db.migrate().await?;
+            let applied = db.migrate().await?;
+            tracing::info!(applied, "database schema up to date");
         } else {
             db.check_migrated().await?;
         }
@@ -238,12 +239,11 @@ impl Application {
 const MAX_IMAGE_REDIRECTS: usize = 3;
 const IMAGE_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// On a fresh install, create a first partner and show its key once.
-pub async fn ensure_first_partner(db: &Db, addr: SocketAddr) -> anyhow::Result<()> {
-    if partners::count(db).await? > 0 {
+/// On an empty database, create a first admin partner and show its key once, on stderr.
+pub async fn create_first_partner(db: &Db, addr: SocketAddr) -> anyhow::Result<()> {
+    let Some((partner, key)) = partners::create_first(db, "default").await? else {
         return Ok(());
-    }
-    let (partner, key) = partners::create(db, "default", true).await?;
+    };
     let key = key.expose();
     eprintln!(
         "\nCreated a first partner `{}` ({}). Its API key is shown only now:\n\n    {key}\n\n\

@@ -676,3 +676,147 @@ fn with_fallback_allowed_tensorrt_serves_on_the_cpu_and_says_so() {
     assert_eq!(readiness["runtime"], expected, "{body}");
     stop(child);
 }
+
+/// `platescore healthcheck` with the node's own settings: green while it serves, red after.
+#[test]
+fn healthcheck_follows_the_node_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let healthcheck = || {
+        platescore(dir.path())
+            .env("PLATESCORE_LISTEN", &listen)
+            .arg("healthcheck")
+            .output()
+            .unwrap()
+    };
+    let mut child = serve(dir.path(), port)
+        .args(["--role", "api"])
+        .env("PLATESCORE_CREATE_FIRST_PARTNER", "false")
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    wait_until_ready(&lines);
+
+    let green = healthcheck();
+    assert!(
+        green.status.success(),
+        "{}",
+        String::from_utf8_lossy(&green.stderr)
+    );
+    assert!(String::from_utf8_lossy(&green.stdout).contains("\"status\":\"ok\""));
+    stop(child);
+
+    let red = healthcheck();
+    assert!(!red.status.success());
+    assert!(
+        String::from_utf8_lossy(&red.stderr).contains("/health/ready"),
+        "{}",
+        String::from_utf8_lossy(&red.stderr)
+    );
+    // Told not to, the first start created no partner.
+    let listing = platescore(dir.path())
+        .args(["partners", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&listing.stdout).lines().count(), 1);
+}
+
+/// Four API nodes start at the same moment on one fresh PostgreSQL database, all asked to
+/// create the first partner: the schema is migrated once, one partner exists, and every
+/// node is healthy. Runs under `.ci/with-postgres` (PLATESCORE_TEST_DATABASE_URL).
+#[test]
+fn four_nodes_starting_together_migrate_once_and_create_one_partner() {
+    let Ok(admin_url) = std::env::var("PLATESCORE_TEST_DATABASE_URL") else {
+        eprintln!("skipped: needs PLATESCORE_TEST_DATABASE_URL (run under .ci/with-postgres)");
+        return;
+    };
+    let database_url = fresh_postgres_database(&admin_url);
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let start = std::sync::Arc::new(std::sync::Barrier::new(ports.len()));
+    let nodes: Vec<(Child, mpsc::Receiver<String>)> = std::thread::scope(|scope| {
+        let spawned: Vec<_> = ports
+            .iter()
+            .map(|&port| {
+                let mut command = serve(dir.path(), port);
+                command
+                    .args(["--role", "api"])
+                    .env("DATABASE_URL", &database_url)
+                    .env("PLATESCORE_CREATE_FIRST_PARTNER", "true");
+                let start = start.clone();
+                scope.spawn(move || {
+                    start.wait();
+                    let mut child = command.spawn().unwrap();
+                    let lines = stderr_lines(&mut child);
+                    (child, lines)
+                })
+            })
+            .collect();
+        spawned.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+
+    let mut applied = 0;
+    let mut banners = 0;
+    for ((child, lines), port) in nodes.into_iter().zip(&ports) {
+        let (_, log) = wait_until_ready(&lines);
+        applied += log
+            .lines()
+            .find(|l| l.contains("database schema up to date"))
+            .and_then(|l| l.split("applied=").nth(1))
+            .and_then(|n| n.split_whitespace().next()?.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("no migration count logged:\n{log}"));
+        let (status, body) = get(&format!("http://127.0.0.1:{port}/health/ready"));
+        assert_eq!(status, 200, "{body}");
+        // The banner follows the ready line; give the node a moment to print it.
+        let mut rest = String::new();
+        while let Ok(line) = lines.recv_timeout(Duration::from_secs(2)) {
+            rest.push_str(&line);
+        }
+        banners += usize::from(rest.contains("Created a first partner"));
+        stop(child);
+    }
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migration/src"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("m20")
+        })
+        .count();
+    assert_eq!(applied, migrations, "each migration applied exactly once");
+    assert_eq!(banners, 1, "one node printed a first key");
+    let listing = platescore(dir.path())
+        .env("DATABASE_URL", &database_url)
+        .args(["partners", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&listing.stdout).lines().count(),
+        2,
+        "header plus one partner"
+    );
+}
+
+/// Creates an empty database beside the one `admin_url` names; returns its URL.
+fn fresh_postgres_database(admin_url: &str) -> String {
+    use sea_orm::ConnectionTrait;
+    let name = format!("platescore_cli_{}", uuid::Uuid::new_v4().simple());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let admin = sea_orm::Database::connect(admin_url).await.unwrap();
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
+            admin.close().await.unwrap();
+        });
+    let mut url = url::Url::parse(admin_url).unwrap();
+    url.set_path(&name);
+    url.to_string()
+}

@@ -1,8 +1,10 @@
-//! The command line: `serve` (the default), `migrate`, `partners`, `openapi`.
+//! The command line: `serve` (the default), `migrate`, `healthcheck`, `partners`, `score`,
+//! `reconcile`, `bench`, `openapi`.
 //! Results go to stdout, so scripts can capture them; messages for people go to stderr.
 
 mod bench;
 mod bench_lifecycle;
+mod healthcheck;
 mod score;
 
 use std::path::PathBuf;
@@ -50,8 +52,15 @@ pub enum Command {
         #[arg(long, required = true)]
         now: bool,
     },
-    /// Apply pending database migrations, then exit.
+    /// Apply pending database migrations, then exit. On PostgreSQL, concurrent runs take
+    /// turns: the later ones find nothing to do.
     Migrate,
+    /// Exit 0 when this node answers `GET /health/ready` with 200 (a container health check).
+    Healthcheck {
+        /// The URL to probe; default: `/health/ready` on loopback at the `listen` port.
+        #[arg(long)]
+        url: Option<url::Url>,
+    },
     /// Manage partners and their API keys.
     #[command(subcommand)]
     Partners(PartnersCommand),
@@ -151,10 +160,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reconcile { .. } => reconcile_now(config).await,
         Command::Migrate => {
             let db = Db::connect(&config.database_url(), 1).await?;
-            db.migrate().await?;
-            eprintln!("migrations applied");
+            let applied = db.migrate().await?;
+            eprintln!("{applied} migration(s) applied; the schema is up to date");
             Ok(())
         }
+        Command::Healthcheck { url } => healthcheck::run(&config, url).await,
         Command::Partners(command) => manage_partners(&config, command).await,
         Command::Bench(command) => match command {
             BenchCommand::Runtime { batches, seconds } => {
@@ -182,8 +192,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
     let app = Application::build(&config, role).await?;
-    if role != Role::Worker {
-        startup::ensure_first_partner(app.db(), app.addr()).await?;
+    if role != Role::Worker && config.creates_first_partner() {
+        startup::create_first_partner(app.db(), app.addr()).await?;
     }
     let shutdown = CancellationToken::new();
     startup::shutdown_on_signal(shutdown.clone());

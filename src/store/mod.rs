@@ -20,7 +20,8 @@ use chrono::{DateTime, Utc};
 use migration::MigratorTrait;
 use sea_orm::{
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
-    ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, Statement, TransactionTrait,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -99,9 +100,21 @@ impl Db {
         self.write.get_database_backend()
     }
 
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        migration::Migrator::up(&self.write, None).await?;
-        Ok(())
+    /// Applies pending migrations and returns how many it applied. On PostgreSQL they run in
+    /// one transaction under an advisory lock: nodes that start together wait for the first,
+    /// then find nothing to do, and a release's migrations apply all or not at all.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        if !self.is_postgres() {
+            let pending = migration::Migrator::get_pending_migrations(&self.write).await?;
+            migration::Migrator::up(&self.write, None).await?;
+            return Ok(pending.len());
+        }
+        let txn = self.write.begin().await?;
+        lock_for_transaction(&txn, AdvisoryLock::Migrations).await?;
+        let pending = migration::Migrator::get_pending_migrations(&txn).await?;
+        migration::Migrator::up(&txn, None).await?;
+        txn.commit().await?;
+        Ok(pending.len())
     }
 
     /// Fails unless the schema is at the latest migration.
@@ -126,6 +139,39 @@ impl Db {
         let _ = self.read.close().await;
         let _ = self.write.close().await;
     }
+}
+
+/// PostgreSQL advisory locks that serialise one-off work across nodes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AdvisoryLock {
+    Migrations,
+    FirstPartner,
+}
+
+impl AdvisoryLock {
+    /// Keys in a range of their own: "plat" in ASCII, then the lock's number.
+    fn key(self) -> i64 {
+        const NAMESPACE: i64 = 0x706c_6174 << 32;
+        NAMESPACE
+            | match self {
+                Self::Migrations => 1,
+                Self::FirstPartner => 2,
+            }
+    }
+}
+
+/// Takes `lock` until the transaction ends (PostgreSQL only).
+pub(crate) async fn lock_for_transaction(
+    txn: &DatabaseTransaction,
+    lock: AdvisoryLock,
+) -> Result<(), StoreError> {
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock($1)",
+        [lock.key().into()],
+    ))
+    .await?;
+    Ok(())
 }
 
 fn create_sqlite_parent(url: &str) -> Result<(), StoreError> {

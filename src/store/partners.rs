@@ -4,11 +4,11 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use chrono::Utc;
 use entity::partner;
 use rand::RngCore;
-use sea_orm::{prelude::*, ActiveValue::Set, QueryOrder};
+use sea_orm::{prelude::*, ActiveValue::Set, QueryOrder, TransactionTrait};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Db, StoreError};
+use super::{lock_for_transaction, AdvisoryLock, Db, StoreError};
 
 const KEY_PREFIX: &str = "psk_";
 /// Characters of a key that may be shown in listings (prefix plus 8).
@@ -39,6 +39,32 @@ pub async fn create(
     name: &str,
     admin: bool,
 ) -> Result<(partner::Model, NewApiKey), StoreError> {
+    insert(db.writer(), name, admin).await
+}
+
+/// Creates an admin partner unless one or more partners exist already: once, however many
+/// nodes start together (on PostgreSQL they take turns under an advisory lock).
+pub async fn create_first(
+    db: &Db,
+    name: &str,
+) -> Result<Option<(partner::Model, NewApiKey)>, StoreError> {
+    let txn = db.writer().begin().await?;
+    if db.is_postgres() {
+        lock_for_transaction(&txn, AdvisoryLock::FirstPartner).await?;
+    }
+    if partner::Entity::find().count(&txn).await? > 0 {
+        return Ok(None);
+    }
+    let created = insert(&txn, name, true).await?;
+    txn.commit().await?;
+    Ok(Some(created))
+}
+
+async fn insert(
+    conn: &impl ConnectionTrait,
+    name: &str,
+    admin: bool,
+) -> Result<(partner::Model, NewApiKey), StoreError> {
     let key = NewApiKey::generate();
     let model = partner::ActiveModel {
         id: Set(Uuid::new_v4()),
@@ -50,7 +76,7 @@ pub async fn create(
         webhook_secret: Set(None),
         is_admin: Set(admin),
     }
-    .insert(db.writer())
+    .insert(conn)
     .await?;
     Ok((model, key))
 }
@@ -60,10 +86,6 @@ pub async fn list(db: &Db) -> Result<Vec<partner::Model>, StoreError> {
         .order_by_asc(partner::Column::CreatedAt)
         .all(db.reader())
         .await?)
-}
-
-pub async fn count(db: &Db) -> Result<u64, StoreError> {
-    Ok(partner::Entity::find().count(db.reader()).await?)
 }
 
 /// Revokes a partner's key. Returns false when no such partner exists.
