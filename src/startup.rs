@@ -265,26 +265,30 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Cancels the token on SIGTERM or Ctrl-C.
-pub fn shutdown_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
+/// Cancels the token on SIGTERM or SIGINT. The handlers are in place when this returns:
+/// call it before anything slow, because a container's PID 1 loses the signals it has no
+/// handler for, and its stop would wait for SIGKILL.
+pub fn shutdown_on_signal(token: CancellationToken) -> std::io::Result<()> {
+    #[cfg(unix)]
+    let stopped = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
             }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term => {}
         }
+    };
+    #[cfg(not(unix))]
+    let stopped = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    tokio::spawn(async move {
+        stopped.await;
         tracing::info!("shutting down");
         token.cancel();
     });
+    Ok(())
 }

@@ -191,12 +191,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
+    // First: a stop that arrives while the model loads then drains right after.
+    let shutdown = CancellationToken::new();
+    startup::shutdown_on_signal(shutdown.clone())?;
     let app = Application::build(&config, role).await?;
     if role != Role::Worker && config.creates_first_partner() {
         startup::create_first_partner(app.db(), app.addr()).await?;
     }
-    let shutdown = CancellationToken::new();
-    startup::shutdown_on_signal(shutdown.clone());
     app.run_until(shutdown).await
 }
 
