@@ -22,6 +22,8 @@ fn platescore(data_dir: &std::path::Path) -> Command {
         "PLATESCORE_EXECUTION_PROVIDER",
         "PLATESCORE_EXECUTION_PROVIDER_FALLBACK",
         "PLATESCORE_MAX_BATCH",
+        "PLATESCORE_MIGRATE_ON_START",
+        "PLATESCORE_CREATE_FIRST_PARTNER",
         "RUST_LOG",
     ] {
         command.env_remove(var);
@@ -819,4 +821,60 @@ fn fresh_postgres_database(admin_url: &str) -> String {
     let mut url = url::Url::parse(admin_url).unwrap();
     url.set_path(&name);
     url.to_string()
+}
+
+/// A node started with `migrate_on_start = false` refuses a schema that lacks a migration it
+/// knows, without writing to it, and starts on a newer release's schema (a rolling upgrade, a
+/// rollback), whose migrations it does not know.
+#[test]
+fn a_node_refuses_an_older_schema_and_starts_on_a_newer_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let api_node = || {
+        let mut command = serve(dir.path(), port);
+        command
+            .args(["--role", "api"])
+            .env("PLATESCORE_MIGRATE_ON_START", "false");
+        command
+    };
+    let refused = api_node().output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("6 migration(s) pending"), "{stderr}");
+
+    let migrate = || platescore(dir.path()).arg("migrate").output().unwrap();
+    let first = migrate();
+    assert!(first.status.success());
+    assert!(String::from_utf8_lossy(&first.stderr).contains("6 migration(s) applied"));
+
+    // The next release's migration, applied by its migrate job.
+    let database = format!("sqlite://{}", dir.path().join("platescore.db").display());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use sea_orm::ConnectionTrait;
+            let db = sea_orm::Database::connect(&database).await.unwrap();
+            db.execute_unprepared(
+                "INSERT INTO seaql_migrations (version, applied_at) \
+                 VALUES ('m20991231_000001_from_the_next_release', 0)",
+            )
+            .await
+            .unwrap();
+            db.close().await.unwrap();
+        });
+    let mut child = api_node().spawn().unwrap();
+    let lines = stderr_lines(&mut child);
+    wait_until_ready(&lines);
+    let (status, body) = get(&format!("http://127.0.0.1:{port}/health/ready"));
+    assert_eq!(status, 200, "{body}");
+    stop(child);
+    let again = migrate();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("0 migration(s) applied"));
 }

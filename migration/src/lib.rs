@@ -1,5 +1,7 @@
 //! Schema migrations. They use sea-query's schema builder only, never the `entity` crate,
-//! so each migration stays what it was when written.
+//! so each migration stays what it was when written. On PostgreSQL a release's migrations run
+//! in one transaction under an advisory lock (`Db::migrate`), so each must be transactional:
+//! no `CREATE INDEX CONCURRENTLY`, no `use_transaction() = Some(false)`.
 
 pub use sea_orm_migration::prelude::*;
 

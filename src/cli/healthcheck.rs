@@ -1,5 +1,6 @@
 //! `platescore healthcheck`: asks the node on this machine whether it is ready, for container
-//! health checks (images carry no shell tools). Exit status 0 means `/health/ready` said 200.
+//! health checks (the images have no curl, and Debian's `sh` has no `/dev/tcp`). Exit status 0
+//! means `/health/ready` said 200.
 
 use std::{net::SocketAddr, time::Duration};
 

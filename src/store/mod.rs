@@ -13,7 +13,7 @@ pub mod reconcile_runs;
 pub mod stats;
 pub mod wakeups;
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use chrono::{DateTime, Utc};
 
@@ -102,24 +102,29 @@ impl Db {
 
     /// Applies pending migrations and returns how many it applied. On PostgreSQL they run in
     /// one transaction under an advisory lock: nodes that start together wait for the first,
-    /// then find nothing to do, and a release's migrations apply all or not at all.
+    /// then find nothing to do, and a release's migrations apply all or not at all (so they
+    /// must be transactional: no `CREATE INDEX CONCURRENTLY`).
     pub async fn migrate(&self) -> Result<usize, StoreError> {
         if !self.is_postgres() {
-            let pending = migration::Migrator::get_pending_migrations(&self.write).await?;
-            migration::Migrator::up(&self.write, None).await?;
-            return Ok(pending.len());
+            let pending = pending_migrations(&self.write).await?.len();
+            if pending > 0 {
+                migration::Migrator::up(&self.write, None).await?;
+            }
+            return Ok(pending);
         }
         let txn = self.write.begin().await?;
         lock_for_transaction(&txn, AdvisoryLock::Migrations).await?;
-        let pending = migration::Migrator::get_pending_migrations(&txn).await?;
-        migration::Migrator::up(&txn, None).await?;
+        let pending = pending_migrations(&txn).await?.len();
+        if pending > 0 {
+            migration::Migrator::up(&txn, None).await?;
+        }
         txn.commit().await?;
-        Ok(pending.len())
+        Ok(pending)
     }
 
-    /// Fails unless the schema is at the latest migration.
+    /// Fails unless every migration this build knows has been applied. Reads only.
     pub async fn check_migrated(&self) -> Result<(), StoreError> {
-        let pending = migration::Migrator::get_pending_migrations(&self.read).await?;
+        let pending = pending_migrations(&self.read).await?;
         if pending.is_empty() {
             Ok(())
         } else {
@@ -139,6 +144,44 @@ impl Db {
         let _ = self.read.close().await;
         let _ = self.write.close().await;
     }
+}
+
+/// The migrations this build knows that the database has not applied, read without writing.
+/// Versions the database has and this build lacks (a newer release's) are ignored, so the
+/// previous release still starts on the next one's schema, during a roll or after a rollback.
+async fn pending_migrations(conn: &impl ConnectionTrait) -> Result<Vec<String>, StoreError> {
+    let backend = conn.get_database_backend();
+    let table_exists = match backend {
+        DbBackend::Postgres => "SELECT to_regclass('seaql_migrations') IS NOT NULL AS present",
+        _ => {
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master \
+             WHERE type = 'table' AND name = 'seaql_migrations') AS present"
+        }
+    };
+    let present = match conn
+        .query_one_raw(Statement::from_string(backend, table_exists))
+        .await?
+    {
+        Some(row) => row.try_get::<bool>("", "present")?,
+        None => false,
+    };
+    let mut applied = HashSet::new();
+    if present {
+        let rows = conn
+            .query_all_raw(Statement::from_string(
+                backend,
+                "SELECT version FROM seaql_migrations",
+            ))
+            .await?;
+        for row in rows {
+            applied.insert(row.try_get::<String>("", "version")?);
+        }
+    }
+    Ok(migration::Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_string())
+        .filter(|name| !applied.contains(name))
+        .collect())
 }
 
 /// PostgreSQL advisory locks that serialise one-off work across nodes.
