@@ -114,6 +114,8 @@ build_image() {
     awk '{printf "%.0f MB", $1 / 1e6}')"
   [ "$(pm image inspect --format '{{index .Labels "org.opencontainers.image.title"}}' "$IMAGE")" = platescore ] ||
     fail "OCI labels missing"
+  pm image inspect --format '{{.Config.Healthcheck.Test}}' "$IMAGE" | grep -q 'platescore healthcheck' ||
+    fail "the image has no HEALTHCHECK running platescore healthcheck"
 }
 
 containers=()
@@ -125,7 +127,11 @@ cleanup() {
       pm logs "$name" 2>&1 | tail -n 30 >&2 || true
     done
   fi
-  for name in "${containers[@]}"; do pm rm -f "$name" >/dev/null 2>&1 || true; done
+  for name in "${containers[@]}"; do
+    pm rm -f "$name" >/dev/null 2>&1 || true
+    pm volume rm -f "$name-data" >/dev/null 2>&1 || true
+  done
+  [ -n "${locker_pid:-}" ] && kill "$locker_pid" 2>/dev/null
   [ -n "${receiver_pid:-}" ] && kill "$receiver_pid" 2>/dev/null
   [ -n "${s3_pid:-}" ] && kill "$s3_pid" 2>/dev/null
   rm -rf "$work"
@@ -186,10 +192,13 @@ pm run --rm --network host "${env[@]}" -e RUST_LOG=warn "$IMAGE" migrate
 key=$(pm run --rm --network host "${env[@]}" -e RUST_LOG=warn "$IMAGE" partners create image-test --admin)
 [[ $key == psk_* ]] || fail "no key from partners create"
 
-start_node() { # start_node NAME ROLE PORT
-  containers+=("$1")
-  pm run -d --name "$1" --network host "${env[@]}" -e "PLATESCORE_LISTEN=0.0.0.0:$3" \
-    "$IMAGE" serve --role "$2" >/dev/null
+start_node() { # start_node NAME ROLE PORT [podman run options...]
+  local name=$1 role=$2 port=$3
+  shift 3
+  containers+=("$name")
+  # As Kubernetes runs it: a read-only root, /tmp in memory, /data a volume.
+  pm run -d --name "$name" --network host --read-only --tmpfs /tmp -v "$name-data:/data" \
+    "${env[@]}" -e "PLATESCORE_LISTEN=0.0.0.0:$port" "$@" "$IMAGE" serve --role "$role" >/dev/null
 }
 ready() { curl -sf "http://127.0.0.1:$1/health/ready"; }
 suffix=$$
@@ -231,8 +240,14 @@ for i in $(seq 1 "$JOBS_PER_API"); do
   jobs+=("$(enqueue "$api1_port" "$i")" "$(enqueue "$api2_port" "$((i + 100))")")
 done
 delivered() { [ "$(cut -d' ' -f1 "$work/received" | sort -u | wc -l)" -ge "$1" ]; }
+all_verified_successes() {
+  if grep -qv ' succeeded True$' "$work/received"; then
+    cat "$work/received"
+    fail "a webhook was not a verified success"
+  fi
+}
 wait_for 180 "${#jobs[@]} webhooks" delivered "${#jobs[@]}"
-grep -qv ' succeeded True$' "$work/received" && { cat "$work/received"; fail "a webhook was not a verified success"; }
+all_verified_successes
 for job in "${jobs[@]}"; do
   grep -q "^$job " "$work/received" || fail "no webhook for $job"
   status=$(curl -sf -H "Authorization: Bearer $key" "http://127.0.0.1:$api2_port/status/$job" |
@@ -255,14 +270,41 @@ pm logs "ps-worker-$suffix" 2>&1 | grep -q '"shutting down"' || fail "the worker
 start_node "ps-worker-2-$suffix" worker "$worker_port"
 wait_for 120 "the second worker" ready "$worker_port"
 wait_for 180 "the jobs enqueued around the stop" delivered "$((${#jobs[@]} + ${#more[@]}))"
+all_verified_successes
 echo "the ${#more[@]} jobs enqueued around the stop all finished"
-# A stop while the model loads: the process is PID 1, which loses signals it has no
-# handler for, so this checks that the handler is in place before the slow part.
-start_node "ps-worker-3-$suffix" worker "$(free_port)"
-loading() { pm logs "ps-worker-3-$suffix" 2>&1 | grep -q 'ONNX Runtime library loaded'; }
-wait_for 60 "the third worker to load its model" loading
-for name in "ps-worker-3-$suffix" "ps-worker-2-$suffix" "ps-api-1-$suffix" "ps-api-2-$suffix"; do
+
+step "peak memory (VmHWM) of each process"
+for name in "ps-api-1-$suffix" "ps-api-2-$suffix" "ps-worker-2-$suffix"; do
+  # shellcheck disable=SC2016 # awk's $2, not the shell's
+  echo "$name: $(pm exec "$name" awk '/^VmHWM:/ {printf "%.0f MB", $2 / 1024}' /proc/1/status)"
+done
+
+step "SIGTERM while starting: the process is PID 1, which loses signals it has no handler for"
+# Hold the migrations' advisory lock (AdvisoryLock::Migrations in src/store/mod.rs), so that a
+# node migrating on start waits in the middle of its start; stop it there, then let it go.
+migrations_lock=8100956980576780289
+psql "$PLATESCORE_TEST_DATABASE_URL" -qc "SELECT pg_advisory_lock($migrations_lock), pg_sleep(600)" \
+  >/dev/null 2>&1 &
+locker_pid=$!
+advisory_locks() { # advisory_locks GRANTED(true|false) COUNT
+  [ "$(psql "$PLATESCORE_TEST_DATABASE_URL" -tAc \
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted = $1")" -ge "$2" ]
+}
+wait_for 30 "the lock" advisory_locks true 1
+start_node "ps-worker-3-$suffix" worker "$(free_port)" -e PLATESCORE_MIGRATE_ON_START=true
+wait_for 60 "the third worker to wait for the lock" advisory_locks false 1
+pm kill --signal TERM "ps-worker-3-$suffix" >/dev/null
+sleep 1
+psql "$PLATESCORE_TEST_DATABASE_URL" -qtAc \
+  "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted" >/dev/null
+exited() { [ "$(pm inspect --format '{{.State.Status}}' "$1")" = exited ]; }
+wait_for 60 "the third worker to finish starting and drain" exited "ps-worker-3-$suffix"
+code=$(pm inspect --format '{{.State.ExitCode}}' "ps-worker-3-$suffix")
+[ "$code" = 0 ] || fail "a worker stopped while starting exited with $code"
+echo "stopped while it waited to migrate: it finished starting, drained and exited 0"
+
+step "SIGTERM drains the rest"
+for name in "ps-worker-2-$suffix" "ps-api-1-$suffix" "ps-api-2-$suffix"; do
   stop_and_check "$name"
 done
-echo "every container exited 0 on SIGTERM, one of them while loading its model"
 echo "test-image: OK in $SECONDS s (the image build: $build_seconds s)"
