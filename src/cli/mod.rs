@@ -191,7 +191,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
-    // First: a stop that arrives while the model loads then drains right after.
+    // Handlers first, so that a stop that comes while the model loads drains once it has.
     let shutdown = CancellationToken::new();
     startup::shutdown_on_signal(shutdown.clone())?;
     let app = Application::build(&config, role).await?;
