@@ -121,6 +121,7 @@ build_image() {
 containers=()
 cleanup() {
   local status=$?
+  set +e # everything below is best effort; the status is the script's
   if [ "$status" != 0 ]; then
     for name in "${containers[@]}"; do
       echo "=== logs of $name" >&2
@@ -131,9 +132,9 @@ cleanup() {
     pm rm -f "$name" >/dev/null 2>&1 || true
     pm volume rm -f "$name-data" >/dev/null 2>&1 || true
   done
-  [ -n "${locker_pid:-}" ] && kill "$locker_pid" 2>/dev/null
-  [ -n "${receiver_pid:-}" ] && kill "$receiver_pid" 2>/dev/null
-  [ -n "${s3_pid:-}" ] && kill "$s3_pid" 2>/dev/null
+  for pid in "${locker_pid:-}" "${receiver_pid:-}" "${s3_pid:-}"; do
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null
+  done
   rm -rf "$work"
   exit "$status"
 }
