@@ -72,6 +72,8 @@ pub struct Config {
     pub max_metadata_bytes: usize,
     /// How long a verified API key is remembered; a revoked key works at most this long. 0: never.
     pub auth_cache_seconds: u64,
+    /// After `POST /keys/rotate`, how long the previous API key keeps working, in hours.
+    pub key_rotation_overlap_hours: u32,
     /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
     /// Comma-separated CIDRs that outbound URLs may reach although they are private.
@@ -166,6 +168,7 @@ impl Default for Config {
             max_image_pixels: 50_000_000,
             max_metadata_bytes: 16 * 1024,
             auth_cache_seconds: 10,
+            key_rotation_overlap_hours: 24,
             metrics_token: None,
             outbound_allow_cidrs: String::new(),
             log_format: LogFormat::Text,

@@ -1,8 +1,9 @@
-//! Accepting a job: validate the request, keep the uploaded image, record the job.
-//! Nothing heavy happens here; scoring is the workers' job.
+//! Accepting a job: validate the request, keep the uploaded image, record the job; and
+//! erasing one. Nothing heavy happens here; scoring is the workers' job.
 //!
 //! Write order keeps state whole: the image object is written before its row, and removed
-//! again if the row cannot be written and no other job uses the same bytes.
+//! again if the row cannot be written and no other job uses the same bytes. Erasure goes
+//! the other way: the object first (when no other job uses it), then the row.
 
 use std::sync::Arc;
 
@@ -25,10 +26,8 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
-    #[error("give an image: either an `image` file or an `image_url`")]
+    #[error("give an image: an `image` part with the photo's bytes")]
     NoImage,
-    #[error("give either an `image` file or an `image_url`, not both")]
-    BothImageAndUrl,
     #[error(transparent)]
     Image(#[from] HeaderError),
     #[error("image_url: {0}")]
@@ -47,6 +46,10 @@ pub enum IntakeError {
     IdempotencyKey(String),
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
+    #[error("client_reference: {0}")]
+    ClientReference(String),
+    #[error("this client_reference names another job, asked for with a different request")]
+    ClientReferenceReused,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -60,11 +63,19 @@ pub struct UploadedImage {
     pub sha256: [u8; 32],
 }
 
+/// Where a job's photo comes from.
+#[derive(Debug, Clone)]
+pub enum ImageSource {
+    Upload(UploadedImage),
+    /// Fetched by a worker.
+    Url(String),
+}
+
 /// An enqueue request, as the API received it.
 #[derive(Debug, Clone, Default)]
 pub struct EnqueueRequest {
-    pub image: Option<UploadedImage>,
-    pub image_url: Option<String>,
+    /// None when a multipart form had no `image` part.
+    pub image: Option<ImageSource>,
     pub webhook_url: Option<String>,
     pub metadata: Option<serde_json::Value>,
     pub model_id: Option<String>,
@@ -73,6 +84,8 @@ pub struct EnqueueRequest {
     /// Language of the tips, e.g. `en`.
     pub lang: Option<String>,
     pub idempotency_key: Option<String>,
+    /// The partner's own id for the job, unique per partner.
+    pub client_reference: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -117,12 +130,11 @@ impl Intake {
         partner_id: Uuid,
         request: EnqueueRequest,
     ) -> Result<Enqueued, IntakeError> {
+        // URLs are kept as given (trimmed), once vetted: the job shows what was sent.
         let webhook_url = request
             .webhook_url
-            .as_deref()
-            .map(|u| self.outbound.check_url(u).map_err(IntakeError::WebhookUrl))
-            .transpose()?
-            .map(String::from);
+            .map(|u| self.vet_url(u).map_err(IntakeError::WebhookUrl))
+            .transpose()?;
         let metadata = request
             .metadata
             .map(|m| self.check_metadata(m))
@@ -134,18 +146,18 @@ impl Intake {
             .idempotency_key
             .map(check_idempotency_key)
             .transpose()?;
+        let client_reference = request
+            .client_reference
+            .map(check_client_reference)
+            .transpose()?;
 
-        let (image, upload) = match (request.image, request.image_url) {
-            (None, None) => return Err(IntakeError::NoImage),
-            (Some(_), Some(_)) => return Err(IntakeError::BothImageAndUrl),
-            (None, Some(url)) => {
-                let url = self
-                    .outbound
-                    .check_url(&url)
-                    .map_err(IntakeError::ImageUrl)?;
-                (NewJobImage::Url(url.into()), None)
+        let (image, upload) = match request.image {
+            None => return Err(IntakeError::NoImage),
+            Some(ImageSource::Url(url)) => {
+                let url = self.vet_url(url).map_err(IntakeError::ImageUrl)?;
+                (NewJobImage::Url(url), None)
             }
-            (Some(upload), None) => {
+            Some(ImageSource::Upload(upload)) => {
                 let header = imaging::inspect(&upload.bytes, self.limits.max_image_pixels)?;
                 let sha256 = hex::encode(upload.sha256);
                 let image = NewJobImage::Stored {
@@ -169,6 +181,7 @@ impl Intake {
                 &model_id,
                 &diets,
                 &lang,
+                &client_reference,
             ),
             image,
             webhook_url,
@@ -177,18 +190,12 @@ impl Intake {
             diets,
             lang,
             idempotency_key,
+            client_reference,
         };
 
-        // A retry with the same key must not write anything.
-        if let Some(key) = &new_job.idempotency_key {
-            if let Some(existing) = jobs::find_by_idempotency_key(&self.db, partner_id, key).await?
-            {
-                return if existing.request_fingerprint == new_job.request_fingerprint {
-                    Ok(Enqueued::Replayed(existing))
-                } else {
-                    Err(IntakeError::IdempotencyKeyReused)
-                };
-            }
+        // A retry with the same key or reference must not write anything.
+        if let Some(earlier) = jobs::find_earlier(&self.db, &new_job).await? {
+            return outcome(earlier);
         }
 
         let stored_key = match (&new_job.image, upload) {
@@ -205,36 +212,42 @@ impl Intake {
                 self.wakeups.announce(Work::Jobs).await;
                 Ok(Enqueued::Created(job))
             }
-            Ok(InsertOutcome::Replayed(job)) => Ok(Enqueued::Replayed(job)),
-            Ok(InsertOutcome::KeyReused) => Err(IntakeError::IdempotencyKeyReused),
+            Ok(earlier) => outcome(earlier),
             Err(err) => {
                 if let Some(key) = stored_key {
-                    self.remove_if_orphaned(&key).await;
+                    remove_if_orphaned(&self.db, self.objects.as_ref(), &key).await;
                 }
                 Err(err.into())
             }
         }
     }
 
-    /// Best effort: a failure here leaves an orphan object, never a row without its object.
-    async fn remove_if_orphaned(&self, key: &str) {
-        match jobs::object_is_referenced(&self.db, key, &[]).await {
-            Ok(false) => {
-                if let Err(err) = self.objects.delete(key).await {
-                    tracing::warn!(%key, error = %err, "could not remove an orphaned image");
-                }
+    /// Erases a partner's job: its stored image (unless another job, of any partner, uses
+    /// the same bytes), then the job with its result and deliveries, leaving a tombstone.
+    /// A worker holding the job loses its lease: what it produces is dropped. Returns false
+    /// when the partner has no such job.
+    pub async fn erase(&self, partner_id: Uuid, job_id: Uuid) -> Result<bool, IntakeError> {
+        let Some(job) = jobs::find(&self.db, partner_id, job_id).await? else {
+            return Ok(false);
+        };
+        if let Some(key) = &job.image_key {
+            if !jobs::object_is_referenced(&self.db, key, &[job.id]).await? {
+                self.objects.delete(key).await?;
             }
-            Ok(true) => {}
-            Err(err) => tracing::warn!(%key, error = %err, "could not check an image's references"),
         }
+        Ok(jobs::erase(&self.db, partner_id, job.id, chrono::Utc::now()).await?)
     }
 
     /// Vets a webhook URL by its text (addresses are vetted again when it is called).
     pub fn check_webhook_url(&self, url: &str) -> Result<String, IntakeError> {
-        self.outbound
-            .check_url(url)
-            .map(String::from)
+        self.vet_url(url.to_string())
             .map_err(IntakeError::WebhookUrl)
+    }
+
+    /// A URL as given, trimmed, once the outbound policy accepts it.
+    fn vet_url(&self, url: String) -> Result<String, OutboundError> {
+        self.outbound.check_url(&url)?;
+        Ok(url.trim().to_string())
     }
 
     fn check_metadata(
@@ -254,6 +267,29 @@ impl Intake {
             )));
         }
         Ok(metadata)
+    }
+}
+
+/// Best effort: a failure here leaves an orphan object, never a row without its object.
+pub async fn remove_if_orphaned(db: &Db, objects: &dyn ObjectStore, key: &str) {
+    match jobs::object_is_referenced(db, key, &[]).await {
+        Ok(false) => {
+            if let Err(err) = objects.delete(key).await {
+                tracing::warn!(%key, error = %err, "could not remove an orphaned image");
+            }
+        }
+        Ok(true) => {}
+        Err(err) => tracing::warn!(%key, error = %err, "could not check an image's references"),
+    }
+}
+
+/// What enqueue answers for a request an earlier one already made (or raced to make).
+fn outcome(earlier: InsertOutcome) -> Result<Enqueued, IntakeError> {
+    match earlier {
+        InsertOutcome::Created(job) => Ok(Enqueued::Created(job)),
+        InsertOutcome::Replayed(job) => Ok(Enqueued::Replayed(job)),
+        InsertOutcome::KeyReused => Err(IntakeError::IdempotencyKeyReused),
+        InsertOutcome::ReferenceReused => Err(IntakeError::ClientReferenceReused),
     }
 }
 
@@ -299,7 +335,8 @@ fn check_diets(tags: &[String]) -> Result<Option<String>, IntakeError> {
 fn check_lang(lang: String) -> Result<String, IntakeError> {
     let mut parts = lang.split('-');
     let primary = parts.next().unwrap_or_default();
-    let ok = (2..=3).contains(&primary.len())
+    let ok = lang.len() <= 16
+        && (2..=3).contains(&primary.len())
         && primary.bytes().all(|b| b.is_ascii_lowercase())
         && parts
             .all(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()));
@@ -307,7 +344,7 @@ fn check_lang(lang: String) -> Result<String, IntakeError> {
         Ok(lang)
     } else {
         Err(IntakeError::Lang(
-            "a language tag such as `en`, `de` or `pt-BR`".into(),
+            "a language tag such as `en`, `de` or `pt-BR`, at most 16 characters".into(),
         ))
     }
 }
@@ -321,6 +358,20 @@ fn check_idempotency_key(key: String) -> Result<String, IntakeError> {
     Ok(key)
 }
 
+fn check_client_reference(reference: String) -> Result<String, IntakeError> {
+    let ok = (1..=128).contains(&reference.len())
+        && reference
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'));
+    if ok {
+        Ok(reference)
+    } else {
+        Err(IntakeError::ClientReference(
+            "1 to 128 characters of A-Z a-z 0-9 - _ . : /".into(),
+        ))
+    }
+}
+
 /// A digest of what the request asks for, to tell a retry from a different request.
 fn fingerprint(
     image: &NewJobImage,
@@ -329,12 +380,13 @@ fn fingerprint(
     model_id: &Option<String>,
     diets: &Option<String>,
     lang: &Option<String>,
+    client_reference: &Option<String>,
 ) -> String {
     let source = match image {
         NewJobImage::Url(url) => serde_json::json!({ "url": url }),
         NewJobImage::Stored { sha256, .. } => serde_json::json!({ "sha256": sha256 }),
     };
-    let request = serde_json::json!({
+    let mut request = serde_json::json!({
         "image": source,
         "webhook_url": webhook_url,
         "metadata": metadata,
@@ -342,6 +394,10 @@ fn fingerprint(
         "diets": diets,
         "lang": lang,
     });
+    // Only when given, so the fingerprints of jobs from before references stay the same.
+    if let Some(reference) = client_reference {
+        request["client_reference"] = reference.as_str().into();
+    }
     let mut canonical = String::new();
     write_canonical(&request, &mut canonical);
     hex::encode(Sha256::digest(canonical.as_bytes()))
@@ -392,7 +448,7 @@ mod tests {
         let c: serde_json::Value =
             serde_json::from_str(r#"{"meal":"dinner","user":{"tz":"UTC","id":1}}"#).unwrap();
         let f = |m: &serde_json::Value| {
-            fingerprint(&image, &None, &Some(m.clone()), &None, &None, &None)
+            fingerprint(&image, &None, &Some(m.clone()), &None, &None, &None, &None)
         };
         assert_eq!(f(&a), f(&b));
         assert_ne!(f(&a), f(&c));

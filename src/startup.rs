@@ -64,6 +64,15 @@ pub struct Application {
     background: Option<Background>,
 }
 
+/// The client webhooks go out with: no redirects, the attempt timeout.
+fn webhook_client(config: &Config, policy: &OutboundPolicy) -> anyhow::Result<GuardedClient> {
+    Ok(GuardedClient::new(
+        policy.clone(),
+        RedirectRule::Refuse,
+        Duration::from_millis(config.webhook_timeout_ms),
+    )?)
+}
+
 impl Application {
     /// Connects the database (migrating it if configured) and the object store, loads the
     /// model on worker nodes, and binds the listener. Port 0 picks a free port: see
@@ -104,11 +113,7 @@ impl Application {
                 RedirectRule::Follow(MAX_IMAGE_REDIRECTS),
                 IMAGE_FETCH_TIMEOUT,
             )?;
-            let webhook_client = GuardedClient::new(
-                policy,
-                RedirectRule::Refuse,
-                Duration::from_millis(config.webhook_timeout_ms),
-            )?;
+            let webhook_client = webhook_client(config, &policy)?;
             Some(Background {
                 scoring,
                 jobs: JobWorker::new(
@@ -164,6 +169,10 @@ impl Application {
                 intake,
                 key_cache: KeyCache::new(Duration::from_secs(config.auth_cache_seconds)),
                 render,
+                webhook_client: webhook_client(config, &policy)?,
+                key_rotation_overlap: chrono::Duration::hours(i64::from(
+                    config.key_rotation_overlap_hours,
+                )),
                 draining: CancellationToken::new(),
                 overview_minutes: Default::default(),
                 metrics_token: config.metrics_token.clone().filter(|t| !t.is_empty()),

@@ -38,6 +38,8 @@ pub struct Model {
     pub metadata: Option<Json>,
     pub model_id: Option<String>,
     pub idempotency_key: Option<String>,
+    /// The partner's own id for the job, unique per partner.
+    pub client_reference: Option<String>,
     /// Hex SHA-256 over the request's content, to tell an idempotent retry from a conflict.
     pub request_fingerprint: String,
     pub result: Option<Json>,

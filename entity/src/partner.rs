@@ -19,6 +19,11 @@ pub struct Model {
     pub webhook_secret: Option<String>,
     /// Admin keys may read operator endpoints (`/admin/…`).
     pub is_admin: bool,
+    /// After a rotation, the previous key's shown characters, its hash, and when it stops
+    /// working.
+    pub previous_key_prefix: Option<String>,
+    pub previous_key_hash: Option<String>,
+    pub previous_key_expires_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

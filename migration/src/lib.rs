@@ -11,6 +11,7 @@ mod m20261123_000003_job_leases;
 mod m20261123_000004_lifecycle;
 mod m20261123_000005_job_diets;
 mod m20261123_000006_overview_indexes;
+mod m20261130_000007_partner_contract;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000004_lifecycle::Migration),
             Box::new(m20261123_000005_job_diets::Migration),
             Box::new(m20261123_000006_overview_indexes::Migration),
+            Box::new(m20261130_000007_partner_contract::Migration),
         ]
     }
 }

@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use poem::{http::StatusCode, web::Data};
+use poem::web::Data;
 use poem_openapi::{param::Query, payload::Json, ApiResponse, OpenApi};
 
 use super::{
     auth::PartnerAuth,
-    dto::{ReconcileRun, ReconcileRunList, ServiceOverview, UsageStats},
-    problem::{ApiProblem, ApiResult},
+    dto::{ReconcileRun, ReconcileRunList, ServiceOverview, StatsScope, UsageStats},
+    problem::{ApiProblem, ApiResult, ProblemCode},
     ApiTags, AppState,
 };
 use crate::store::{overview, reconcile_runs, stats};
@@ -34,11 +34,7 @@ pub enum RunsResponse {
 }
 
 fn admin_required() -> ApiProblem {
-    ApiProblem::new(
-        StatusCode::FORBIDDEN,
-        "admin_required",
-        "this needs an admin key",
-    )
+    ApiProblem::new(ProblemCode::AdminRequired, "this needs an admin key")
 }
 
 fn require_admin(auth: &PartnerAuth) -> Result<(), ApiProblem> {
@@ -70,10 +66,10 @@ impl AdminApi {
         let me = auth.partner();
         let days = days.0.unwrap_or(30);
         let (scope, partner) = match (me.is_admin, partner_id.0) {
-            (true, None) => ("all", None),
-            (true, Some(id)) => ("partner", Some(id)),
-            (false, None) => ("partner", Some(me.id)),
-            (false, Some(id)) if id == me.id => ("partner", Some(me.id)),
+            (true, None) => (StatsScope::All, None),
+            (true, Some(id)) => (StatsScope::Partner, Some(id)),
+            (false, None) => (StatsScope::Partner, Some(me.id)),
+            (false, Some(id)) if id == me.id => (StatsScope::Partner, Some(me.id)),
             (false, Some(_)) => return Err(admin_required().into()),
         };
         let computed = stats::compute(&state.db, partner, chrono::Utc::now(), days).await?;

@@ -11,7 +11,10 @@ use poem::Request;
 use poem_openapi::{auth, SecurityScheme};
 use sha2::{Digest, Sha256};
 
-use super::{problem::ApiProblem, AppState};
+use super::{
+    problem::{ApiProblem, ProblemCode},
+    AppState,
+};
 
 /// Remembers recently authenticated keys for a few seconds, so a burst of requests costs one
 /// database lookup. Only successes are cached: a revoked key stops working within `ttl`.
@@ -65,8 +68,7 @@ async fn check(req: &Request, key: &str) -> poem::Result<partner::Model> {
             Ok(partner)
         }
         Ok(None) => Err(ApiProblem::new(
-            poem::http::StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ProblemCode::Unauthorized,
             "the API key is unknown or revoked",
         )
         .into()),
@@ -125,6 +127,9 @@ mod tests {
             revoked_at: None,
             webhook_secret: None,
             is_admin: false,
+            previous_key_prefix: None,
+            previous_key_hash: None,
+            previous_key_expires_at: None,
         }
     }
 

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use poem::web::Data;
 use poem_openapi::{payload::Json, ApiResponse, OpenApi};
 
-use super::{dto::Readiness, ApiTags, AppState};
+use super::{
+    dto::{Readiness, ReadinessState},
+    ApiTags, AppState,
+};
 
 pub struct HealthApi;
 
@@ -33,7 +36,13 @@ impl HealthApi {
     #[oai(path = "/health/ready", method = "get", operation_id = "health_ready")]
     async fn ready(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
         let (db, objects) = tokio::join!(state.db.ping(), state.objects.health_check());
-        let verdict = |ok: bool| if ok { "ok" } else { "unavailable" }.to_string();
+        let verdict = |ok: bool| {
+            if ok {
+                ReadinessState::Ok
+            } else {
+                ReadinessState::Unavailable
+            }
+        };
         if let Err(err) = &db {
             tracing::warn!(error = %err, "readiness: database unavailable");
         }
@@ -44,7 +53,7 @@ impl HealthApi {
         let ready = db.is_ok() && objects.is_ok() && !draining;
         let body = Json(Readiness {
             status: if draining {
-                "draining".to_string()
+                ReadinessState::Draining
             } else {
                 verdict(ready)
             },

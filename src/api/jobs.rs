@@ -3,27 +3,33 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use poem::{http::StatusCode, web::Data};
+use poem::web::Data;
 use poem_openapi::{
     param::{Header, Path, Query},
     payload::Json,
     ApiRequest, ApiResponse, OpenApi,
 };
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
     auth::PartnerAuth,
     dto::{
-        DeliveryDetail, DeliveryList, EnqueueUrlRequest, Job, JobPage, JobState, Redelivery,
-        StatusBatchRequest, StatusBatchResponse,
+        DeliveryDetail, DeliveryList, DeliveryState, EnqueueUrlRequest, Job, JobPage, JobState,
+        Redelivery, StatusBatchRequest, StatusBatchResponse,
     },
     payload::{JsonBody, UploadForm},
-    problem::{ApiProblem, ApiResult},
+    problem::{ApiProblem, ApiResult, ProblemCode},
     ApiTags, AppState,
 };
 use crate::{
-    intake::{EnqueueRequest, Enqueued},
-    store::{deliveries, jobs, Db, StoreError},
+    inference::DietTag,
+    intake::{EnqueueRequest, Enqueued, ImageSource},
+    store::{
+        deliveries,
+        jobs::{self, JobFilter, PageOrder},
+        Db, StoreError,
+    },
 };
 
 pub struct JobsApi;
@@ -37,9 +43,19 @@ pub enum EnqueueBody {
 
 #[derive(ApiResponse)]
 pub enum EnqueueResponse {
-    /// Accepted: the job is queued. The same job comes back for a repeated `Idempotency-Key`.
+    /// Accepted: the job is queued. A repeat with the same `Idempotency-Key` or
+    /// `client_reference` and the same body returns the same job, with
+    /// `Idempotent-Replayed: true`.
     #[oai(status = 202)]
-    Accepted(Json<Job>, #[oai(header = "Location")] String),
+    Accepted(
+        Json<Job>,
+        /// `/status/{job_id}`.
+        #[oai(header = "Location")]
+        String,
+        /// `true` when this answer replays an earlier request's job; absent otherwise.
+        #[oai(header = "Idempotent-Replayed")]
+        Option<bool>,
+    ),
 }
 
 #[derive(ApiResponse)]
@@ -47,6 +63,14 @@ pub enum JobResponse {
     /// The job.
     #[oai(status = 200)]
     Ok(Json<Job>),
+}
+
+#[derive(ApiResponse)]
+pub enum ErasedResponse {
+    /// Erased: the job, its result, its deliveries and its photo (unless another job uses
+    /// the same photo) are gone. It answers `404 job_erased` from now on.
+    #[oai(status = 204)]
+    Erased,
 }
 
 #[derive(ApiResponse)]
@@ -72,7 +96,7 @@ pub enum StatusBatchResult {
 
 #[derive(ApiResponse)]
 pub enum JobPageResult {
-    /// A page of jobs, newest first.
+    /// A page of jobs: newest first, or oldest change first with `updated_since`.
     #[oai(status = 200)]
     Ok(Json<JobPage>),
 }
@@ -81,11 +105,7 @@ const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;
 
 fn not_found(id: &str) -> ApiProblem {
-    ApiProblem::new(
-        StatusCode::NOT_FOUND,
-        "job_not_found",
-        format!("no job `{id}`"),
-    )
+    ApiProblem::new(ProblemCode::JobNotFound, format!("no job `{id}`"))
 }
 
 #[OpenApi(tag = "ApiTags::Jobs")]
@@ -100,23 +120,32 @@ impl JobsApi {
         &self,
         state: Data<&Arc<AppState>>,
         auth: PartnerAuth,
+        raw: &poem::Request,
         body: EnqueueBody,
         /// Makes retries safe: the same key with the same body returns the same job.
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<String>>,
     ) -> ApiResult<EnqueueResponse> {
+        let idempotency_key = readable_idempotency_key(raw, idempotency_key.0)?;
         let request = match body {
             EnqueueBody::Json(JsonBody(body)) => EnqueueRequest {
-                image: None,
-                image_url: Some(body.image_url),
-                webhook_url: body.webhook_url,
-                metadata: body.metadata,
+                image: Some(ImageSource::Url(body.image_url.0)),
+                webhook_url: body.webhook_url.map(|url| url.0),
+                metadata: body
+                    .metadata
+                    .map(|m| Value::Object(m.into_iter().collect())),
                 model_id: body.model_id,
-                diets: body.diets.unwrap_or_default(),
+                diets: body
+                    .diets
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|diet| DietTag::from(diet).as_str().to_string())
+                    .collect(),
                 lang: body.lang,
-                idempotency_key: idempotency_key.0,
+                idempotency_key,
+                client_reference: body.client_reference,
             },
-            EnqueueBody::Multipart(form) => form.into_request(idempotency_key.0),
+            EnqueueBody::Multipart(form) => form.into_request(idempotency_key),
         };
         enqueue(&state, &auth, request).await
     }
@@ -134,12 +163,14 @@ impl JobsApi {
         &self,
         state: Data<&Arc<AppState>>,
         auth: PartnerAuth,
+        raw: &poem::Request,
         form: UploadForm,
         /// Makes retries safe: the same key with the same body returns the same job.
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<String>>,
     ) -> ApiResult<EnqueueResponse> {
-        enqueue(&state, &auth, form.into_request(idempotency_key.0)).await
+        let idempotency_key = readable_idempotency_key(raw, idempotency_key.0)?;
+        enqueue(&state, &auth, form.into_request(idempotency_key)).await
     }
 
     /// Get a job: its state, and its result once done.
@@ -153,6 +184,27 @@ impl JobsApi {
         let job = find_job(&state, &auth, &job_id.0).await?;
         let mut views = with_deliveries(&state.db, vec![job]).await?;
         Ok(JobResponse::Ok(Json(views.remove(0))))
+    }
+
+    /// Erase a job: its result, its deliveries and its stored photo.
+    ///
+    /// The photo's bytes stay only while another job (of any partner) uses the same photo.
+    /// A tombstone keeps the job id and when it was erased, nothing else. A job still being
+    /// scored is erased too: its result is dropped, and no webhook is sent.
+    #[oai(path = "/jobs/:job_id", method = "delete", operation_id = "erase_job")]
+    async fn erase(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: PartnerAuth,
+        job_id: Path<String>,
+    ) -> ApiResult<ErasedResponse> {
+        let job = find_job(&state, &auth, &job_id.0).await?;
+        if state.intake.erase(auth.partner().id, job.id).await? {
+            Ok(ErasedResponse::Erased)
+        } else {
+            // Erased by a concurrent request.
+            Err(missing(&state, &auth, &job_id.0).await.into())
+        }
     }
 
     /// List a job's webhook deliveries and every attempt: time, status code, latency,
@@ -201,8 +253,7 @@ impl JobsApi {
             entity::job::JobStatus::Succeeded | entity::job::JobStatus::Failed
         ) {
             return Err(ApiProblem::new(
-                StatusCode::CONFLICT,
-                "job_not_finished",
+                ProblemCode::JobNotFinished,
                 "the job has not finished; its webhook is sent when it does",
             )
             .into());
@@ -245,45 +296,62 @@ impl JobsApi {
         Ok(StatusBatchResult::Ok(Json(response)))
     }
 
-    /// List your jobs, newest first.
+    /// List your jobs: newest first, or, with `updated_since`, oldest change first.
+    ///
+    /// With `updated_since`, paging with `next_cursor` visits every job that changed since
+    /// then, once, even while jobs keep changing: a job that changes again comes back later,
+    /// in its new place. A change is listed once it is 5 seconds old, so that one committed
+    /// late is never skipped. This is what a nightly reconciliation asks: "what changed since
+    /// my last run?"
     #[oai(path = "/jobs", method = "get", operation_id = "list_jobs")]
+    #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
         state: Data<&Arc<AppState>>,
         auth: PartnerAuth,
         /// Only jobs in this state.
         status: Query<Option<JobState>>,
+        /// Only jobs with a webhook delivery in this state, e.g. `failed`.
+        delivery: Query<Option<DeliveryState>>,
+        /// Only the job with this reference of yours.
+        #[oai(validator(pattern = "^[A-Za-z0-9._:/-]{1,128}$"))]
+        client_reference: Query<Option<String>>,
+        /// Only jobs changed at or after this instant (RFC 3339), oldest change first.
+        updated_since: Query<Option<chrono::DateTime<chrono::Utc>>>,
         /// Page size, 1 to 200 (default 50).
         #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<u32>>,
-        /// The `next_cursor` of the previous page.
+        /// The `next_cursor` of the previous page, with the same other parameters.
         cursor: Query<Option<String>>,
     ) -> ApiResult<JobPageResult> {
         let limit = limit.0.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-        let before = cursor
-            .0
-            .as_deref()
-            .map(|c| {
-                Uuid::parse_str(c).map_err(|_| {
-                    ApiProblem::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_cursor",
-                        "`cursor` is not a cursor from a previous page",
-                    )
-                })
-            })
-            .transpose()?;
+        let cursor = cursor.0.as_deref().map(PageCursor::parse).transpose()?;
+        let order = match updated_since.0 {
+            Some(since) => PageOrder::ChangedSince {
+                since,
+                after: cursor.map(|c| (c.updated_at, c.job_id)),
+                until: chrono::Utc::now() - CHANGE_SETTLING,
+            },
+            None => PageOrder::NewestFirst {
+                before: cursor.map(|c| c.job_id),
+            },
+        };
+        let filter = JobFilter {
+            status: status.0.map(Into::into),
+            delivery: delivery.0.map(Into::into),
+            client_reference: client_reference.0,
+        };
         let mut page = jobs::list(
             &state.db,
             auth.partner().id,
-            status.0.map(Into::into),
-            before,
+            &filter,
+            order,
             u64::from(limit) + 1,
         )
         .await?;
         let next_cursor = if page.len() > limit as usize {
             page.truncate(limit as usize);
-            page.last().map(|job| job.id.to_string())
+            page.last().map(|job| PageCursor::after(job).to_string())
         } else {
             None
         };
@@ -294,16 +362,94 @@ impl JobsApi {
     }
 }
 
+/// How old a change must be before `updated_since` lists it: longer than any write takes
+/// to commit, so a change stamped earlier but committed later is never paged past.
+const CHANGE_SETTLING: chrono::Duration = chrono::Duration::seconds(5);
+
+/// A `next_cursor`: `<seconds>.<nanoseconds>_<job id>`.
+pub(super) const CURSOR_PATTERN: &str = concat!(
+    r"^[0-9]{1,12}\.[0-9]{9}_",
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+);
+
+/// Where a page ends: the last job's `updated_at` (to the nanosecond, as stored) and id,
+/// written `<seconds>.<nanoseconds>_<job id>`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PageCursor {
+    updated_at: chrono::DateTime<chrono::Utc>,
+    job_id: Uuid,
+}
+
+impl PageCursor {
+    fn after(job: &entity::job::Model) -> Self {
+        Self {
+            updated_at: job.updated_at,
+            job_id: job.id,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, ApiProblem> {
+        let invalid = || {
+            ApiProblem::new(
+                ProblemCode::InvalidCursor,
+                "`cursor` is not a `next_cursor` from a previous page",
+            )
+        };
+        static PATTERN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+            regex::Regex::new(CURSOR_PATTERN).expect("the cursor pattern compiles")
+        });
+        if !PATTERN.is_match(text) {
+            return Err(invalid());
+        }
+        let (instant, id) = text.split_once('_').ok_or_else(invalid)?;
+        let (seconds, nanos) = instant.split_once('.').ok_or_else(invalid)?;
+        let seconds: i64 = seconds.parse().map_err(|_| invalid())?;
+        let nanos: u32 = nanos.parse().map_err(|_| invalid())?;
+        Ok(Self {
+            updated_at: chrono::DateTime::from_timestamp(seconds, nanos).ok_or_else(invalid)?,
+            job_id: Uuid::parse_str(id).map_err(|_| invalid())?,
+        })
+    }
+}
+
+impl std::fmt::Display for PageCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}.{:09}_{}",
+            self.updated_at.timestamp(),
+            self.updated_at.timestamp_subsec_nanos(),
+            self.job_id
+        )
+    }
+}
+
 async fn enqueue(
     state: &AppState,
     auth: &PartnerAuth,
     request: EnqueueRequest,
 ) -> ApiResult<EnqueueResponse> {
-    let job = match state.intake.enqueue(auth.partner().id, request).await? {
-        Enqueued::Created(job) | Enqueued::Replayed(job) => Job::from(job),
+    let (job, replayed) = match state.intake.enqueue(auth.partner().id, request).await? {
+        Enqueued::Created(job) => (Job::from(job), None),
+        Enqueued::Replayed(job) => (Job::from(job), Some(true)),
     };
     let location = format!("/status/{}", job.job_id);
-    Ok(EnqueueResponse::Accepted(Json(job), location))
+    Ok(EnqueueResponse::Accepted(Json(job), location, replayed))
+}
+
+/// poem reads a header that is not visible ASCII as absent; such a key is refused, not
+/// ignored.
+fn readable_idempotency_key(
+    raw: &poem::Request,
+    parsed: Option<String>,
+) -> Result<Option<String>, ApiProblem> {
+    if parsed.is_none() && raw.headers().contains_key("idempotency-key") {
+        return Err(ApiProblem::new(
+            ProblemCode::IdempotencyKeyInvalid,
+            "Idempotency-Key: 1 to 255 printable ASCII characters",
+        ));
+    }
+    Ok(parsed)
 }
 
 async fn find_job(
@@ -312,9 +458,26 @@ async fn find_job(
     job_id: &str,
 ) -> Result<entity::job::Model, ApiProblem> {
     let id = Uuid::parse_str(job_id).map_err(|_| not_found(job_id))?;
-    jobs::find(&state.db, auth.partner().id, id)
-        .await?
-        .ok_or_else(|| not_found(job_id))
+    match jobs::find(&state.db, auth.partner().id, id).await? {
+        Some(job) => Ok(job),
+        None => Err(missing(state, auth, job_id).await),
+    }
+}
+
+/// Why a job the partner names is not there: erased, or never theirs.
+async fn missing(state: &AppState, auth: &PartnerAuth, job_id: &str) -> ApiProblem {
+    let erased = match Uuid::parse_str(job_id) {
+        Ok(id) => jobs::erased_at(&state.db, auth.partner().id, id).await,
+        Err(_) => Ok(None),
+    };
+    match erased {
+        Ok(Some(at)) => ApiProblem::new(
+            ProblemCode::JobErased,
+            format!("job `{job_id}` was erased at {}", at.to_rfc3339()),
+        ),
+        Ok(None) => not_found(job_id),
+        Err(err) => err.into(),
+    }
 }
 
 /// The jobs as the API shows them, with their deliveries.

@@ -6,15 +6,18 @@ mod dashboard;
 pub mod dto;
 mod health;
 mod jobs;
+mod keys;
 mod observe;
+mod openapi;
 mod payload;
 pub mod problem;
+pub mod schema_check;
 mod webhooks;
 
 use std::sync::Arc;
 
 use poem::{get, Endpoint, EndpointExt, Route};
-use poem_openapi::{types::ToJSON, OpenApiService, Tags};
+use poem_openapi::{OpenApiService, Tags};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -31,6 +34,10 @@ pub struct AppState {
     pub key_cache: auth::KeyCache,
     /// Renders webhook bodies (for redelivery of jobs that had no destination).
     pub render: PayloadRenderer,
+    /// How long the previous API key keeps working after a rotation.
+    pub key_rotation_overlap: chrono::Duration,
+    /// Sends the test events of `POST /webhooks/{id}/test`.
+    pub webhook_client: crate::outbound::GuardedClient,
     /// Cancelled when the node begins shutting down: readiness turns false.
     pub draining: CancellationToken,
     /// The overview's final minutes, so a dashboard refresh reads only the last few.
@@ -55,6 +62,8 @@ enum ApiTags {
     Jobs,
     /// Webhook endpoints and their signing secrets.
     Webhooks,
+    /// Your API keys.
+    Keys,
     /// Operator endpoints; they need an admin key.
     Admin,
     /// Probes for load balancers and orchestrators.
@@ -64,6 +73,7 @@ enum ApiTags {
 pub type Apis = (
     jobs::JobsApi,
     webhooks::WebhooksApi,
+    keys::KeysApi,
     admin::AdminApi,
     health::HealthApi,
 );
@@ -73,6 +83,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
         (
             jobs::JobsApi,
             webhooks::WebhooksApi,
+            keys::KeysApi,
             admin::AdminApi,
             health::HealthApi,
         ),
@@ -87,9 +98,10 @@ pub fn service() -> OpenApiService<Apis, ()> {
     .server("/")
 }
 
-/// The OpenAPI document, as committed in `docs/openapi.json`.
+/// The OpenAPI document, as served and as committed in `docs/openapi.json`.
 pub fn spec_json() -> String {
-    let mut spec = service().spec();
+    let mut spec = serde_json::to_string_pretty(&openapi::document(&service()))
+        .expect("a JSON value serialises");
     spec.push('\n');
     spec
 }
@@ -98,16 +110,32 @@ pub fn spec_json() -> String {
 /// errors.
 pub fn app(state: Arc<AppState>, max_body_bytes: u64) -> impl Endpoint {
     let service = service();
-    let spec = service.spec_endpoint();
-    let docs = service.swagger_ui();
+    let document = openapi::document(&service);
+    let allowed = Arc::new(openapi::AllowedMethods::from_document(&document));
+    let spec = spec_json();
+    // poem's Swagger UI embeds its own document; it shows the published one instead.
+    let docs_html = service.swagger_ui_html().replace(&service.spec(), &spec);
     Route::new()
-        .at("/openapi.json", get(spec))
+        .at(
+            "/openapi.json",
+            get(poem::endpoint::make_sync(move |_| {
+                poem::Response::builder()
+                    .content_type("application/json")
+                    .body(spec.clone())
+            })),
+        )
         .at("/metrics", get(observe::metrics_text))
         .nest("/dashboard", dashboard::routes())
-        .nest("/docs", docs)
+        .at(
+            "/docs",
+            get(poem::endpoint::make_sync(move |_| {
+                poem::web::Html(docs_html.clone())
+            })),
+        )
         .nest("/", service.with(payload::BodyLimit::new(max_body_bytes)))
         .data(state)
         .catch_all_error(|err| async move { problem::any_error_to_problem(err) })
+        .with(openapi::AllowOn405(allowed))
         .with(observe::Observe)
 }
 
@@ -124,16 +152,13 @@ pub fn probes_app(state: Arc<AppState>) -> impl Endpoint {
         .with(observe::Observe)
 }
 
-/// The webhook body of a finished job: the job as `GET /status` shows it, plus `type`.
+/// The webhook body of a finished job: a `job.succeeded` or `job.failed` event, as the spec
+/// publishes them.
 pub fn webhook_payload_renderer() -> PayloadRenderer {
-    Arc::new(|job, event_type| {
-        let mut body = dto::Job::from(job.clone())
-            .to_json()
-            .unwrap_or(serde_json::Value::Null);
-        if let Some(fields) = body.as_object_mut() {
-            fields.remove("deliveries");
-            fields.insert("type".into(), event_type.into());
-        }
-        body.to_string()
+    Arc::new(|job| {
+        dto::Job::from(job.clone())
+            .into_event()
+            .unwrap_or(serde_json::Value::Null)
+            .to_string()
     })
 }

@@ -6,15 +6,16 @@
 use std::{sync::Arc, time::Instant};
 
 use poem::{
-    http::{header, StatusCode},
-    web::Data,
-    Endpoint, IntoResponse, Middleware, Request, Response, Result,
+    http::header, web::Data, Endpoint, IntoResponse, Middleware, Request, Response, Result,
 };
 use poem_openapi::OperationId;
 use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
-use super::{problem::ApiProblem, AppState};
+use super::{
+    problem::{ApiProblem, ProblemCode},
+    AppState,
+};
 use crate::{metrics, store::jobs};
 
 const REQUEST_ID: &str = "x-request-id";
@@ -83,8 +84,7 @@ pub async fn metrics_text(state: Data<&Arc<AppState>>, request: &Request) -> Res
             .unwrap_or_default();
         if !bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
             return Err(ApiProblem::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ProblemCode::Unauthorized,
                 "the metrics token is required: `Authorization: Bearer <token>`",
             )
             .into());

@@ -1,26 +1,33 @@
 //! Request bodies: JSON whose errors are problem details, a streamed multipart upload that
 //! hashes the image as it arrives, and the body-size limit.
 
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc,
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, LazyLock, Mutex,
+    },
 };
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use poem::{
-    http::StatusCode, Body, Endpoint, IntoResponse, Middleware, Request, RequestBody, Response,
-};
+use poem::{Body, Endpoint, IntoResponse, Middleware, Request, RequestBody, Response};
 use poem_openapi::{
     impl_apirequest_for_payload,
     payload::{ParsePayload, Payload},
     registry::{MetaSchema, MetaSchemaRef, Registry},
-    types::ParseFromJSON,
+    types::{ParseFromJSON, Type},
 };
 use sha2::{Digest, Sha256};
 
-use super::problem::ApiProblem;
-use crate::intake::{EnqueueRequest, UploadedImage};
+use super::{
+    dto::{
+        Diet, HttpUrl, CLIENT_REFERENCE_PATTERN, LANG_PATTERN, MAX_LANG_LENGTH, MODEL_ID_PATTERN,
+    },
+    problem::{ApiProblem, ProblemCode},
+    schema_check,
+};
+use crate::intake::{EnqueueRequest, ImageSource, UploadedImage};
 
 /// A JSON body. Broken JSON is a `400 malformed_json`; JSON of the wrong shape is a
 /// `422 validation_failed`, with the field named in the detail.
@@ -51,44 +58,99 @@ impl<T: ParseFromJSON> ParsePayload for JsonBody<T> {
         let data = body.take()?.into_bytes().await?;
         let value: serde_json::Value = serde_json::from_slice(&data).map_err(|e| {
             ApiProblem::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
+                ProblemCode::MalformedJson,
                 format!("the body is not valid JSON: {e}"),
             )
         })?;
-        if let Some(field) = first_missing_field::<T>(&value) {
-            return Err(ApiProblem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                format!("the required field `{field}` is missing"),
-            )
-            .into());
+        if let Some(problem) = shape_problem::<T>(&value) {
+            return Err(problem.into());
         }
-        T::parse_from_json(Some(value)).map(Self).map_err(|e| {
-            ApiProblem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                e.into_message(),
-            )
-            .into()
-        })
+        T::parse_from_json(Some(value))
+            .map(Self)
+            .map_err(|e| ApiProblem::new(ProblemCode::ValidationFailed, e.into_message()).into())
     }
 }
 
-/// poem-openapi's own message for a missing field does not name it; the schema does.
-fn first_missing_field<T: poem_openapi::types::Type>(
-    value: &serde_json::Value,
-) -> Option<&'static str> {
+/// The body held to its published schema before poem-openapi parses it, field by field,
+/// so that each field's problem has its own code (`diet_invalid`, `url_invalid`…) and a
+/// detail naming it. poem-openapi alone would let `null` through where the schema forbids
+/// it, turn numbers into strings, and word a missing field without its name.
+fn shape_problem<T: poem_openapi::types::Type>(value: &serde_json::Value) -> Option<ApiProblem> {
     let object = value.as_object()?;
-    let mut registry = Registry::new();
-    T::register(&mut registry);
-    let required = match T::schema_ref() {
-        MetaSchemaRef::Reference(name) => registry.schemas.get(&name)?.required.clone(),
-        MetaSchemaRef::Inline(schema) => schema.required.clone(),
-    };
-    required
-        .into_iter()
-        .find(|field| object.get(*field).is_none_or(serde_json::Value::is_null))
+    let schemas = BodySchema::of::<T>();
+    let problem = |code, detail| Some(ApiProblem::new(code, detail));
+    for required in schemas.body["required"].as_array().into_iter().flatten() {
+        let name = required.as_str().unwrap_or_default();
+        if object.get(name).is_none_or(serde_json::Value::is_null) {
+            return problem(
+                ProblemCode::ValidationFailed,
+                format!("the required field `{name}` is missing"),
+            );
+        }
+    }
+    let properties = schemas.body["properties"].as_object()?;
+    let resolve = |name: &str| schemas.components.get(name).cloned();
+    for (name, field) in object {
+        let Some(field_schema) = properties.get(name) else {
+            continue; // poem-openapi refuses unknown fields, naming them
+        };
+        if let Err(detail) = schema_check::check_at(name, field, field_schema, &resolve) {
+            return problem(field_code(name), detail);
+        }
+    }
+    None
+}
+
+/// The code of a problem with one field of a request body.
+fn field_code(field: &str) -> ProblemCode {
+    match field {
+        "image_url" | "webhook_url" | "url" => ProblemCode::UrlInvalid,
+        "metadata" => ProblemCode::MetadataInvalid,
+        "model_id" => ProblemCode::ModelIdInvalid,
+        "diets" => ProblemCode::DietInvalid,
+        "lang" => ProblemCode::LangInvalid,
+        "client_reference" => ProblemCode::ClientReferenceInvalid,
+        _ => ProblemCode::ValidationFailed,
+    }
+}
+
+/// A body type's schema and the component schemas it refers to, as JSON; made once per type.
+struct BodySchema {
+    body: serde_json::Value,
+    components: HashMap<String, serde_json::Value>,
+}
+
+impl BodySchema {
+    fn of<T: poem_openapi::types::Type>() -> Arc<Self> {
+        static MADE: LazyLock<Mutex<HashMap<&'static str, Arc<BodySchema>>>> =
+            LazyLock::new(Default::default);
+        let mut made = MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        made.entry(std::any::type_name::<T>())
+            .or_insert_with(|| {
+                let mut registry = Registry::new();
+                T::register(&mut registry);
+                let components: HashMap<String, serde_json::Value> = registry
+                    .schemas
+                    .iter()
+                    .map(|(name, schema)| {
+                        (
+                            name.clone(),
+                            serde_json::to_value(schema).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                let body = match T::schema_ref() {
+                    MetaSchemaRef::Reference(name) => {
+                        components.get(&name).cloned().unwrap_or_default()
+                    }
+                    MetaSchemaRef::Inline(schema) => {
+                        serde_json::to_value(&*schema).unwrap_or_default()
+                    }
+                };
+                Arc::new(Self { body, components })
+            })
+            .clone()
+    }
 }
 
 impl_apirequest_for_payload!(JsonBody<T>, T: ParseFromJSON);
@@ -98,25 +160,25 @@ impl_apirequest_for_payload!(JsonBody<T>, T: ParseFromJSON);
 #[derive(Debug, Default)]
 pub struct UploadForm {
     pub image: Option<UploadedImage>,
-    pub image_url: Option<String>,
     pub webhook_url: Option<String>,
     pub metadata: Option<serde_json::Value>,
     pub model_id: Option<String>,
     pub diets: Vec<String>,
     pub lang: Option<String>,
+    pub client_reference: Option<String>,
 }
 
 impl UploadForm {
     pub fn into_request(self, idempotency_key: Option<String>) -> EnqueueRequest {
         EnqueueRequest {
-            image: self.image,
-            image_url: self.image_url,
+            image: self.image.map(ImageSource::Upload),
             webhook_url: self.webhook_url,
             metadata: self.metadata,
             model_id: self.model_id,
             diets: self.diets,
             lang: self.lang,
             idempotency_key,
+            client_reference: self.client_reference,
         }
     }
 }
@@ -128,8 +190,7 @@ const MAX_TEXT_FIELD_BYTES: usize = 64 * 1024;
 
 fn multipart_problem(err: impl std::fmt::Display) -> ApiProblem {
     ApiProblem::new(
-        StatusCode::BAD_REQUEST,
-        "malformed_multipart",
+        ProblemCode::MalformedMultipart,
         format!("the multipart body is malformed: {err}"),
     )
 }
@@ -146,16 +207,28 @@ impl Payload for UploadForm {
     }
 
     fn register(registry: &mut Registry) {
-        let string = |description: &'static str| {
+        Diet::register(registry);
+        let text = |description: &'static str, pattern: &str, max_length: usize| {
             MetaSchemaRef::Inline(Box::new(MetaSchema {
                 description: Some(description),
+                pattern: Some(pattern.to_string()),
+                max_length: Some(max_length),
                 ..MetaSchema::new("string")
             }))
+        };
+        let url = |description: &'static str| {
+            let mut schema = match HttpUrl::schema_ref() {
+                MetaSchemaRef::Inline(schema) => *schema,
+                MetaSchemaRef::Reference(_) => MetaSchema::new("string"),
+            };
+            schema.description = Some(description);
+            MetaSchemaRef::Inline(Box::new(schema))
         };
         registry.create_schema::<Self, _>(UPLOAD_FORM_SCHEMA.to_string(), |_| MetaSchema {
             rust_typename: Some(std::any::type_name::<Self>()),
             description: Some(
-                "An enqueue as `multipart/form-data`. Give exactly one of `image` and `image_url`.",
+                "An enqueue as `multipart/form-data`, with the photo's bytes in `image` (to \
+                 enqueue by URL, send JSON). Parts not listed here are refused.",
             ),
             properties: vec![
                 (
@@ -165,25 +238,58 @@ impl Payload for UploadForm {
                         ..MetaSchema::new_with_format("string", "binary")
                     })),
                 ),
-                (
-                    "image_url",
-                    string("`http` or `https` URL of the photo, fetched by a worker."),
-                ),
-                ("webhook_url", string("Where to POST the result.")),
+                ("webhook_url", url("Where to POST the result.")),
                 (
                     "metadata",
-                    string("A JSON object of yours, as text; returned with the job."),
+                    MetaSchemaRef::Inline(Box::new(MetaSchema {
+                        description: Some(
+                            "A JSON object of yours (a part with JSON text); returned with \
+                             the job.",
+                        ),
+                        additional_properties: Some(Box::new(MetaSchemaRef::Inline(Box::new(
+                            MetaSchema::ANY,
+                        )))),
+                        ..MetaSchema::new("object")
+                    })),
                 ),
                 (
                     "model_id",
-                    string("The model to score with; the current default when absent."),
+                    text(
+                        "The model to score with; the current default when absent.",
+                        MODEL_ID_PATTERN,
+                        100,
+                    ),
                 ),
                 (
                     "diets",
-                    string("Diet tags that shape the tips, comma-separated (`vegan,low_sodium`)."),
+                    MetaSchemaRef::Inline(Box::new(MetaSchema {
+                        description: Some(
+                            "Diet tags that shape the tips: a part per tag, or one part \
+                             with tags separated by commas (`vegan,low_sodium`).",
+                        ),
+                        items: Some(Box::new(Diet::schema_ref())),
+                        max_items: Some(8),
+                        ..MetaSchema::new("array")
+                    })),
                 ),
-                ("lang", string("Language of the tips, e.g. `en`.")),
+                (
+                    "lang",
+                    text(
+                        "Language of the tips, e.g. `en`.",
+                        LANG_PATTERN,
+                        MAX_LANG_LENGTH,
+                    ),
+                ),
+                (
+                    "client_reference",
+                    text(
+                        "Your own id for the job, unique among your jobs.",
+                        CLIENT_REFERENCE_PATTERN,
+                        128,
+                    ),
+                ),
             ],
+            required: vec!["image"],
             ..MetaSchema::new("object")
         });
     }
@@ -208,24 +314,29 @@ impl ParsePayload for UploadForm {
                     }
                     form.image = Some(receive_image(field).await?);
                 }
-                "image_url" => form.image_url = Some(text(field).await?),
-                "webhook_url" => form.webhook_url = Some(text(field).await?),
+                "webhook_url" => form.webhook_url = Some(url(field).await?),
                 "model_id" => form.model_id = Some(text(field).await?),
-                "diets" => form.diets.push(text(field).await?),
+                "diets" => form.diets.extend(diet_tags(&text(field).await?)),
                 "lang" => form.lang = Some(text(field).await?),
+                "client_reference" => form.client_reference = Some(text(field).await?),
                 "metadata" => {
                     let raw = text(field).await?;
                     let value = serde_json::from_str(&raw).map_err(|e| {
                         ApiProblem::new(
-                            StatusCode::BAD_REQUEST,
-                            "malformed_json",
+                            ProblemCode::MalformedJson,
                             format!("metadata is not valid JSON: {e}"),
                         )
                     })?;
                     form.metadata = Some(value);
                 }
-                // Unknown parts are drained and ignored, as unknown JSON fields are.
-                _ => drain(field).await?,
+                // Refused, as unknown JSON fields are, so that a misspelt part is noticed.
+                _ => {
+                    return Err(ApiProblem::new(
+                        ProblemCode::ValidationFailed,
+                        format!("unknown part `{name}`"),
+                    )
+                    .into())
+                }
             }
         }
         Ok(form)
@@ -253,8 +364,7 @@ async fn text(mut field: multer::Field<'static>) -> poem::Result<String> {
     while let Some(chunk) = field.chunk().await.map_err(multipart_problem)? {
         if data.len() + chunk.len() > MAX_TEXT_FIELD_BYTES {
             return Err(ApiProblem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ProblemCode::PayloadTooLarge,
                 format!("the `{name}` part is over {MAX_TEXT_FIELD_BYTES} bytes"),
             )
             .into());
@@ -266,9 +376,21 @@ async fn text(mut field: multer::Field<'static>) -> poem::Result<String> {
         .map_err(|_| multipart_problem(format!("the `{name}` part is not UTF-8")).into())
 }
 
-async fn drain(mut field: multer::Field<'static>) -> poem::Result<()> {
-    while field.chunk().await.map_err(multipart_problem)?.is_some() {}
-    Ok(())
+/// A URL part, held to the same pattern as URLs in JSON.
+async fn url(field: multer::Field<'static>) -> poem::Result<String> {
+    let name = field.name().unwrap_or_default().to_string();
+    HttpUrl::parse(text(field).await?)
+        .map(|url| url.0)
+        .map_err(|e| ApiProblem::new(field_code(&name), format!("{name}: {e}")).into())
+}
+
+/// A `diets` part: tags separated by commas, or a JSON array of tags (as some client
+/// generators send arrays).
+fn diet_tags(part: &str) -> Vec<String> {
+    match serde_json::from_str::<Vec<String>>(part) {
+        Ok(tags) => tags,
+        Err(_) => vec![part.to_string()],
+    }
 }
 
 /// Refuses bodies over `max_bytes` with `413`: at once when `Content-Length` says so,
@@ -302,8 +424,7 @@ pub struct BodyLimitEndpoint<E> {
 impl<E: Endpoint> BodyLimitEndpoint<E> {
     fn too_large(&self) -> Response {
         ApiProblem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ProblemCode::PayloadTooLarge,
             format!(
                 "the request body is over the limit of {} bytes",
                 self.max_bytes

@@ -2,7 +2,7 @@
 //! machine-readable `code`. Every subsystem error becomes HTTP here, and only here.
 
 use poem::{http::StatusCode, Response};
-use poem_openapi::{payload::Json, ApiResponse, Object};
+use poem_openapi::{payload::Json, types::ToJSON, ApiResponse, Enum, Object};
 
 use crate::{
     imaging::HeaderError, intake::IntakeError, objects::ObjectStoreError, outbound::OutboundError,
@@ -13,6 +13,7 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
 /// A problem detail (RFC 9457). `code` is stable; `detail` is for people and may change.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct Problem {
     /// A URI naming the problem type: `urn:platescore:problem:<code>`.
     #[oai(rename = "type")]
@@ -23,21 +24,151 @@ pub struct Problem {
     pub status: u16,
     /// What went wrong with this request.
     pub detail: String,
-    /// Stable machine-readable code, e.g. `image_too_large`.
-    pub code: String,
+    pub code: ProblemCode,
+}
+
+impl poem_openapi::types::Example for Problem {
+    fn example() -> Self {
+        ApiProblem::new(
+            ProblemCode::UrlInvalid,
+            "webhook_url: the URL's scheme must be http or https",
+        )
+        .to_problem()
+    }
+}
+
+/// Stable machine-readable problem codes. Each has one HTTP status; the table in
+/// `docs/api.md` lists them with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum ProblemCode {
+    /// 400: the request is malformed in a way no other code names.
+    BadRequest,
+    /// 400: the body is not valid JSON.
+    MalformedJson,
+    /// 400: the multipart body is malformed.
+    MalformedMultipart,
+    /// 400: a path or query parameter does not parse.
+    InvalidParameter,
+    /// 400: `cursor` is not one this server made.
+    InvalidCursor,
+    /// 401: the API key is missing, unknown or revoked.
+    Unauthorized,
+    /// 403: the operation needs an admin key.
+    AdminRequired,
+    /// 404: no such route.
+    NotFound,
+    /// 404: no such job for this partner.
+    JobNotFound,
+    /// 404: the job was erased (`DELETE /jobs/{job_id}`).
+    JobErased,
+    /// 404: no such webhook endpoint for this partner.
+    WebhookNotFound,
+    /// 405: the route does not take this method (see `Allow`).
+    MethodNotAllowed,
+    /// 409: the job has not finished yet.
+    JobNotFinished,
+    /// 409: the `client_reference` names another job, asked for with a different request.
+    ClientReferenceReused,
+    /// 413: the body, or one of its parts, is over the size limit.
+    PayloadTooLarge,
+    /// 415: the request's content type is not accepted here.
+    UnsupportedContentType,
+    /// 415: the image is not JPEG, PNG or WebP.
+    UnsupportedImageFormat,
+    /// 422: the body does not have the documented shape (a missing, unknown or mistyped
+    /// field, named in `detail`).
+    ValidationFailed,
+    /// 422: a multipart enqueue without an `image` part.
+    ImageMissing,
+    /// 422: the image's header cannot be read.
+    ImageUnreadable,
+    /// 422: the image has more pixels than allowed.
+    ImageTooLarge,
+    /// 422: a URL (`image_url`, `webhook_url`, an endpoint's `url`) is not an `http` or
+    /// `https` URL with a host.
+    UrlInvalid,
+    /// 422: the URL's host is private, loopback, link-local or a metadata address.
+    UrlForbiddenHost,
+    /// 422: `metadata` is not a JSON object, or is too large.
+    MetadataInvalid,
+    /// 422: `model_id` is malformed.
+    ModelIdInvalid,
+    /// 422: an unknown diet tag.
+    DietInvalid,
+    /// 422: `lang` is not a language tag.
+    LangInvalid,
+    /// 422: the `Idempotency-Key` header is malformed.
+    IdempotencyKeyInvalid,
+    /// 409: the `Idempotency-Key` was used before with a different request.
+    IdempotencyKeyReused,
+    /// 422: `client_reference` is malformed.
+    ClientReferenceInvalid,
+    /// 409: the partner has as many webhook endpoints as allowed.
+    WebhookLimitReached,
+    /// 500: an internal error; it was logged.
+    InternalError,
+    /// 503: the image store is unavailable; retry later.
+    StorageUnavailable,
+}
+
+impl ProblemCode {
+    pub fn status(self) -> StatusCode {
+        use ProblemCode::*;
+        match self {
+            BadRequest | MalformedJson | MalformedMultipart | InvalidParameter | InvalidCursor => {
+                StatusCode::BAD_REQUEST
+            }
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminRequired => StatusCode::FORBIDDEN,
+            NotFound | JobNotFound | JobErased | WebhookNotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            JobNotFinished | ClientReferenceReused | IdempotencyKeyReused | WebhookLimitReached => {
+                StatusCode::CONFLICT
+            }
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedContentType | UnsupportedImageFormat => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ValidationFailed
+            | ImageMissing
+            | ImageUnreadable
+            | ImageTooLarge
+            | UrlInvalid
+            | UrlForbiddenHost
+            | MetadataInvalid
+            | ModelIdInvalid
+            | DietInvalid
+            | LangInvalid
+            | IdempotencyKeyInvalid
+            | ClientReferenceInvalid => StatusCode::UNPROCESSABLE_ENTITY,
+            InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn as_str(self) -> String {
+        match self.to_json() {
+            Some(serde_json::Value::String(code)) => code,
+            _ => unreachable!("a derived Enum serialises as a string"),
+        }
+    }
 }
 
 /// A problem on its way out: the status, a stable code and a detail.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{code}: {detail}")]
+#[error("{code:?}: {detail}")]
 pub struct ApiProblem {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ProblemCode,
     pub detail: String,
 }
 
 impl ApiProblem {
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(code: ProblemCode, detail: impl Into<String>) -> Self {
+        Self::with_status(code.status(), code, detail)
+    }
+
+    /// For poem's own errors, whose status (411, 408…) is kept as it was.
+    fn with_status(status: StatusCode, code: ProblemCode, detail: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -47,7 +178,7 @@ impl ApiProblem {
 
     pub fn to_problem(&self) -> Problem {
         Problem {
-            problem_type: format!("urn:platescore:problem:{}", self.code),
+            problem_type: format!("urn:platescore:problem:{}", self.code.as_str()),
             title: self
                 .status
                 .canonical_reason()
@@ -55,7 +186,7 @@ impl ApiProblem {
                 .to_string(),
             status: self.status.as_u16(),
             detail: self.detail.clone(),
-            code: self.code.to_string(),
+            code: self.code,
         }
     }
 
@@ -65,8 +196,7 @@ impl ApiProblem {
         let location = std::panic::Location::caller();
         tracing::error!(%location, error = %err, "internal error");
         Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
+            ProblemCode::InternalError,
             "an internal error occurred; it has been logged",
         )
     }
@@ -175,8 +305,7 @@ impl From<ObjectStoreError> for ApiProblem {
     fn from(err: ObjectStoreError) -> Self {
         tracing::error!(error = %err, "object store failure");
         ApiProblem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage_unavailable",
+            ProblemCode::StorageUnavailable,
             "the image store is unavailable; retry later",
         )
     }
@@ -184,51 +313,42 @@ impl From<ObjectStoreError> for ApiProblem {
 
 impl From<HeaderError> for ApiProblem {
     fn from(err: HeaderError) -> Self {
-        let status = match err {
-            HeaderError::UnsupportedFormat => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            HeaderError::Unreadable(_) | HeaderError::TooManyPixels { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+        let code = match err {
+            HeaderError::UnsupportedFormat => ProblemCode::UnsupportedImageFormat,
+            HeaderError::Unreadable(_) => ProblemCode::ImageUnreadable,
+            HeaderError::TooManyPixels { .. } => ProblemCode::ImageTooLarge,
         };
-        ApiProblem::new(status, err.code(), err.to_string())
+        ApiProblem::new(code, err.to_string())
     }
 }
 
 fn outbound_problem(field: &str, err: OutboundError) -> ApiProblem {
     let code = match err {
-        OutboundError::ForbiddenHost(_) => "url_forbidden_host",
-        _ => "url_invalid",
+        OutboundError::ForbiddenHost(_) => ProblemCode::UrlForbiddenHost,
+        _ => ProblemCode::UrlInvalid,
     };
-    ApiProblem::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        code,
-        format!("{field}: {err}"),
-    )
+    ApiProblem::new(code, format!("{field}: {err}"))
 }
 
 impl From<IntakeError> for ApiProblem {
     fn from(err: IntakeError) -> Self {
-        let unprocessable =
-            |code, detail: String| ApiProblem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail);
-        match err {
-            IntakeError::NoImage => unprocessable("image_missing", err.to_string()),
-            IntakeError::BothImageAndUrl => unprocessable("image_ambiguous", err.to_string()),
-            IntakeError::Image(e) => e.into(),
-            IntakeError::ImageUrl(e) => outbound_problem("image_url", e),
-            IntakeError::WebhookUrl(e) => outbound_problem("webhook_url", e),
-            IntakeError::Metadata(_) => unprocessable("metadata_invalid", err.to_string()),
-            IntakeError::ModelId(_) => unprocessable("model_id_invalid", err.to_string()),
-            IntakeError::Diets(_) => unprocessable("diet_invalid", err.to_string()),
-            IntakeError::Lang(_) => unprocessable("lang_invalid", err.to_string()),
-            IntakeError::IdempotencyKey(_) => {
-                unprocessable("idempotency_key_invalid", err.to_string())
-            }
-            IntakeError::IdempotencyKeyReused => {
-                unprocessable("idempotency_key_reused", err.to_string())
-            }
-            IntakeError::Store(e) => e.into(),
-            IntakeError::Objects(e) => e.into(),
-        }
+        let code = match err {
+            IntakeError::Image(e) => return e.into(),
+            IntakeError::ImageUrl(e) => return outbound_problem("image_url", e),
+            IntakeError::WebhookUrl(e) => return outbound_problem("webhook_url", e),
+            IntakeError::Store(e) => return e.into(),
+            IntakeError::Objects(e) => return e.into(),
+            IntakeError::NoImage => ProblemCode::ImageMissing,
+            IntakeError::Metadata(_) => ProblemCode::MetadataInvalid,
+            IntakeError::ModelId(_) => ProblemCode::ModelIdInvalid,
+            IntakeError::Diets(_) => ProblemCode::DietInvalid,
+            IntakeError::Lang(_) => ProblemCode::LangInvalid,
+            IntakeError::IdempotencyKey(_) => ProblemCode::IdempotencyKeyInvalid,
+            IntakeError::IdempotencyKeyReused => ProblemCode::IdempotencyKeyReused,
+            IntakeError::ClientReference(_) => ProblemCode::ClientReferenceInvalid,
+            IntakeError::ClientReferenceReused => ProblemCode::ClientReferenceReused,
+        };
+        ApiProblem::new(code, err.to_string())
     }
 }
 
@@ -255,31 +375,31 @@ fn problem_for(err: poem::Error) -> Response {
     let code = if err.is::<poem_openapi::error::AuthorizationError>()
         || status == StatusCode::UNAUTHORIZED
     {
-        "unauthorized"
+        ProblemCode::Unauthorized
     } else if err.is::<poem_openapi::error::ContentTypeError>() {
-        "unsupported_content_type"
+        ProblemCode::UnsupportedContentType
     } else if err.is::<poem_openapi::error::ParsePathError>()
         || err.is::<poem_openapi::error::ParseParamError>()
     {
-        "invalid_parameter"
+        ProblemCode::InvalidParameter
     } else {
         match status {
-            StatusCode::NOT_FOUND => "not_found",
-            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_content_type",
+            StatusCode::NOT_FOUND => ProblemCode::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => ProblemCode::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => ProblemCode::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ProblemCode::UnsupportedContentType,
             s if s.is_server_error() => {
                 return problem_response(&ApiProblem::internal(&err));
             }
-            _ => "bad_request",
+            _ => ProblemCode::BadRequest,
         }
     };
     let detail = match code {
-        "unauthorized" => {
+        ProblemCode::Unauthorized => {
             "a valid API key is required: `Authorization: Bearer <key>` or `X-API-Key: <key>`"
                 .to_string()
         }
         _ => err.to_string(),
     };
-    problem_response(&ApiProblem::new(status, code, detail))
+    problem_response(&ApiProblem::with_status(status, code, detail))
 }

@@ -4,23 +4,32 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use poem::{http::StatusCode, web::Data};
-use poem_openapi::{param::Path, payload::Json, ApiResponse, OpenApi};
+use poem::web::Data;
+use poem_openapi::{
+    param::Path,
+    payload::Json,
+    types::{MaybeUndefined, ToJSON},
+    ApiResponse, OpenApi,
+};
 use uuid::Uuid;
 
 use super::{
     auth::PartnerAuth,
     dto::{
-        CreateWebhookEndpoint, CreatedWebhookEndpoint, SigningSecret, Timestamp, WebhookEndpoint,
-        WebhookEndpointList,
+        CreateWebhookEndpoint, CreatedWebhookEndpoint, DeliveryAttempt, SigningSecret, Timestamp,
+        UpdateWebhookEndpoint, WebhookEndpoint, WebhookEndpointList, WebhookTestEvent,
+        WebhookTestResult, WebhookTestType,
     },
     payload::JsonBody,
-    problem::{ApiProblem, ApiResult},
+    problem::{ApiProblem, ApiResult, ProblemCode},
     ApiTags, AppState,
 };
 use crate::{
     delivery::signing::WebhookSecret,
-    store::{endpoints, partners},
+    store::{
+        endpoints::{self, EndpointChanges},
+        partners,
+    },
 };
 
 /// After a rotation, the previous secret keeps signing for this long.
@@ -52,6 +61,20 @@ pub enum DeletedResponse {
 }
 
 #[derive(ApiResponse)]
+pub enum UpdatedResponse {
+    /// The endpoint as it now is.
+    #[oai(status = 200)]
+    Ok(Json<WebhookEndpoint>),
+}
+
+#[derive(ApiResponse)]
+pub enum TestResponse {
+    /// The test event was sent; `delivered` says whether the receiver took it.
+    #[oai(status = 200)]
+    Ok(Json<WebhookTestResult>),
+}
+
+#[derive(ApiResponse)]
 pub enum SecretResponse {
     #[oai(status = 200)]
     Ok(Json<SigningSecret>),
@@ -59,8 +82,7 @@ pub enum SecretResponse {
 
 fn endpoint_not_found(id: &str) -> ApiProblem {
     ApiProblem::new(
-        StatusCode::NOT_FOUND,
-        "webhook_not_found",
+        ProblemCode::WebhookNotFound,
         format!("no webhook endpoint `{id}`"),
     )
 }
@@ -79,11 +101,10 @@ impl WebhooksApi {
         body: JsonBody<CreateWebhookEndpoint>,
     ) -> ApiResult<CreatedResponse> {
         let body = body.0;
-        let url = state.intake.check_webhook_url(&body.url)?;
+        let url = state.intake.check_webhook_url(&body.url.0)?;
         if endpoints::list(&state.db, auth.partner().id).await?.len() >= MAX_ENDPOINTS {
             return Err(ApiProblem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "webhook_limit_reached",
+                ProblemCode::WebhookLimitReached,
                 format!("a partner may have {MAX_ENDPOINTS} webhook endpoints; delete one first"),
             )
             .into());
@@ -134,6 +155,98 @@ impl WebhooksApi {
         } else {
             Err(endpoint_not_found(&id.0).into())
         }
+    }
+
+    /// Change an endpoint's URL, description, or whether it is enabled.
+    ///
+    /// Re-enabling a disabled endpoint makes its undelivered deliveries due now, with a
+    /// fresh retry schedule.
+    #[oai(
+        path = "/webhooks/:id",
+        method = "patch",
+        operation_id = "update_webhook"
+    )]
+    async fn update(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: PartnerAuth,
+        id: Path<String>,
+        body: JsonBody<UpdateWebhookEndpoint>,
+    ) -> ApiResult<UpdatedResponse> {
+        let uuid = Uuid::parse_str(&id.0).map_err(|_| endpoint_not_found(&id.0))?;
+        let body = body.0;
+        let url = body
+            .url
+            .map(|url| state.intake.check_webhook_url(&url.0))
+            .transpose()?;
+        let changes = EndpointChanges {
+            url,
+            description: match body.description {
+                MaybeUndefined::Undefined => None,
+                MaybeUndefined::Null => Some(None),
+                MaybeUndefined::Value(text) => Some(Some(text)),
+            },
+            enabled: body.enabled,
+        };
+        let updated = endpoints::update(&state.db, auth.partner().id, uuid, changes, Utc::now())
+            .await?
+            .ok_or_else(|| endpoint_not_found(&id.0))?;
+        Ok(UpdatedResponse::Ok(Json(updated.into())))
+    }
+
+    /// Send a signed `webhook.test` event to an endpoint now, and see how it went.
+    ///
+    /// It is signed with the endpoint's secret like every event, and sent even when the
+    /// endpoint is disabled, so a fix can be checked before re-enabling it. Nothing is
+    /// retried or recorded.
+    #[oai(
+        path = "/webhooks/:id/test",
+        method = "post",
+        operation_id = "test_webhook"
+    )]
+    async fn test(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: PartnerAuth,
+        id: Path<String>,
+    ) -> ApiResult<TestResponse> {
+        let uuid = Uuid::parse_str(&id.0).map_err(|_| endpoint_not_found(&id.0))?;
+        let endpoint = endpoints::list(&state.db, auth.partner().id)
+            .await?
+            .into_iter()
+            .find(|e| e.id == uuid)
+            .ok_or_else(|| endpoint_not_found(&id.0))?;
+        let secret = WebhookSecret::parse(&endpoint.secret)
+            .map_err(|_| ApiProblem::internal("an endpoint's secret does not parse"))?;
+        let event = WebhookTestEvent {
+            event_type: WebhookTestType::WebhookTest,
+            endpoint_id: endpoint.id,
+            sent_at: Timestamp(Utc::now()),
+        };
+        let body = event.to_json().unwrap_or_default().to_string().into_bytes();
+        let webhook_id = format!("msg_test_{}", Uuid::now_v7().simple());
+        let attempt = crate::delivery::send_signed(
+            &state.webhook_client,
+            &endpoint.url,
+            &webhook_id,
+            body,
+            &[secret],
+        )
+        .await;
+        let delivered = attempt
+            .status_code
+            .is_some_and(|code| (200..300).contains(&code));
+        Ok(TestResponse::Ok(Json(WebhookTestResult {
+            delivered,
+            webhook_id,
+            attempt: DeliveryAttempt {
+                attempted_at: Timestamp(attempt.attempted_at),
+                status_code: attempt.status_code.map(i32::from),
+                latency_ms: attempt.latency_ms,
+                error: attempt.error,
+                response_body: attempt.response_body,
+            },
+        })))
     }
 
     /// Rotate an endpoint's signing secret.

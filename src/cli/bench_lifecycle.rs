@@ -371,6 +371,7 @@ pub async fn delivery(config: &Config, count: usize) -> anyhow::Result<()> {
                     diets: None,
                     lang: None,
                     idempotency_key: None,
+                    client_reference: None,
                     request_fingerprint: format!("{i:064}"),
                 },
             )

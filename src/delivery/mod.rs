@@ -6,4 +6,4 @@ pub mod signing;
 mod worker;
 
 pub use schedule::RetrySchedule;
-pub use worker::{message_id, DeliverySettings, DeliveryWorker};
+pub use worker::{message_id, send_signed, DeliverySettings, DeliveryWorker};

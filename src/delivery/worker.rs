@@ -289,74 +289,99 @@ impl DeliveryWorker {
         delivery: &delivery::Model,
         secrets: &[WebhookSecret],
     ) -> (AttemptRecord, Verdict) {
-        let attempted_at = Utc::now();
-        let started = Instant::now();
-        let msg_id = message_id(delivery);
-        let timestamp = attempted_at.timestamp();
         let body = delivery.payload.clone().into_bytes();
-        let signature = signature_header(
-            &secrets.iter().collect::<Vec<_>>(),
-            &msg_id,
-            timestamp,
-            &body,
-        );
-        let request = self
-            .client
-            .request(reqwest::Method::POST, &delivery.url)
-            .map(|r| {
-                r.header("content-type", "application/json")
-                    .header("webhook-id", &msg_id)
-                    .header("webhook-timestamp", timestamp.to_string())
-                    .header("webhook-signature", signature)
-                    .body(body)
-            });
-        let response = match request {
-            Ok(request) => self.client.send(request).await,
-            Err(err) => Err(err),
-        };
-        let mut record = AttemptRecord {
-            attempted_at,
-            status_code: None,
-            latency_ms: 0,
-            error: None,
-            response_body: None,
-        };
-        let verdict = match response {
-            Ok(response) => {
-                let status = response.status();
-                record.status_code = Some(status.as_u16());
-                let retry_after = response
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, Utc::now()));
-                record.response_body = Some(excerpt(response).await);
-                if status.is_success() {
-                    Verdict::Delivered
+        post_signed(
+            &self.client,
+            &delivery.url,
+            &message_id(delivery),
+            body,
+            secrets,
+        )
+        .await
+    }
+}
+
+/// POSTs a body signed per Standard Webhooks, and records how it went. Sends the test
+/// events of `POST /webhooks/{id}/test`, too, so they travel exactly as deliveries do.
+pub async fn send_signed(
+    client: &GuardedClient,
+    url: &str,
+    msg_id: &str,
+    body: Vec<u8>,
+    secrets: &[WebhookSecret],
+) -> AttemptRecord {
+    post_signed(client, url, msg_id, body, secrets).await.0
+}
+
+async fn post_signed(
+    client: &GuardedClient,
+    url: &str,
+    msg_id: &str,
+    body: Vec<u8>,
+    secrets: &[WebhookSecret],
+) -> (AttemptRecord, Verdict) {
+    let attempted_at = Utc::now();
+    let started = Instant::now();
+    let timestamp = attempted_at.timestamp();
+    let signature = signature_header(
+        &secrets.iter().collect::<Vec<_>>(),
+        msg_id,
+        timestamp,
+        &body,
+    );
+    let request = client.request(reqwest::Method::POST, url).map(|r| {
+        r.header("content-type", "application/json")
+            .header("webhook-id", msg_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+    });
+    let response = match request {
+        Ok(request) => client.send(request).await,
+        Err(err) => Err(err),
+    };
+    let mut record = AttemptRecord {
+        attempted_at,
+        status_code: None,
+        latency_ms: 0,
+        error: None,
+        response_body: None,
+    };
+    let verdict = match response {
+        Ok(response) => {
+            let status = response.status();
+            record.status_code = Some(status.as_u16());
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, Utc::now()));
+            record.response_body = Some(excerpt(response).await);
+            if status.is_success() {
+                Verdict::Delivered
+            } else {
+                record.error = Some(if status.is_redirection() {
+                    format!("HTTP {status}: redirects are not followed")
                 } else {
-                    record.error = Some(if status.is_redirection() {
-                        format!("HTTP {status}: redirects are not followed")
-                    } else {
-                        format!("HTTP {status}")
-                    });
-                    if status == reqwest::StatusCode::GONE {
-                        Verdict::Gone
-                    } else {
-                        Verdict::Failed { retry_after }
-                    }
+                    format!("HTTP {status}")
+                });
+                if status == reqwest::StatusCode::GONE {
+                    Verdict::Gone
+                } else {
+                    Verdict::Failed { retry_after }
                 }
             }
-            Err(err) => {
-                record.error = Some(match err {
-                    FetchError::Timeout => "timed out".to_string(),
-                    other => storable(other.to_string()),
-                });
-                Verdict::Failed { retry_after: None }
-            }
-        };
-        record.latency_ms = started.elapsed().as_millis() as i64;
-        (record, verdict)
-    }
+        }
+        Err(err) => {
+            record.error = Some(match err {
+                FetchError::Timeout => "timed out".to_string(),
+                other => storable(other.to_string()),
+            });
+            Verdict::Failed { retry_after: None }
+        }
+    };
+    record.latency_ms = started.elapsed().as_millis() as i64;
+    (record, verdict)
 }
 
 /// Hands an outcome to the recorder and waits until it is committed; true if the lease

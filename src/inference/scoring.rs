@@ -12,7 +12,7 @@ use super::{
 pub struct LabelProbability {
     pub index: usize,
     pub label: String,
-    pub probability: f32,
+    pub probability: f64,
     /// The food group, when this class is food.
     pub food_group: Option<String>,
 }
@@ -23,13 +23,13 @@ pub struct ScoreResult {
     pub is_food: bool,
     /// Healthiness from 1.0 to 5.0: the mean of the food classes' scores weighted by their
     /// probabilities. `None` when the photo is not food.
-    pub score: Option<f32>,
+    pub score: Option<f64>,
     /// `score` rounded to a whole 1 to 5.
     pub rating: Option<u8>,
     /// The probability mass behind the score: the sum over food classes, 0 to 1.
-    pub confidence: f32,
+    pub confidence: f64,
     /// Food plus tableware-hint mass, compared with the threshold to decide `is_food`.
-    pub food_evidence: f32,
+    pub food_evidence: f64,
     /// The group with the most probability among the food classes.
     pub food_group: Option<String>,
     /// The five most probable classes.
@@ -39,9 +39,10 @@ pub struct ScoreResult {
     pub model_version: String,
 }
 
-/// Rounds for output: four decimals are plenty for a probability.
-fn round4(x: f32) -> f32 {
-    (x * 10_000.0).round() / 10_000.0
+/// Rounds for output, in `f64` so that it serialises without `f32` noise (`0.495`, not
+/// `0.4950000047683716`): four decimals are plenty for a probability.
+fn round4(x: f32) -> f64 {
+    (f64::from(x) * 10_000.0).round() / 10_000.0
 }
 
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
@@ -91,7 +92,7 @@ pub fn interpret(model: &FoodModel, logits: &[f32], diets: &[DietTag], lang: &st
         let group = group_mass[0].0.to_string();
         let tips = model.tips.select(&group, rating, diets, lang);
         (
-            Some((score * 100.0).round() / 100.0),
+            Some((f64::from(score) * 100.0).round() / 100.0),
             Some(rating),
             Some(group),
             tips,

@@ -21,7 +21,7 @@ use super::{lease_end, Db, StoreError};
 
 /// Renders the webhook body of a finished job: the job as the API shows it, plus its event
 /// `type`. Given by the composition root, so the store knows nothing of the API.
-pub type PayloadRenderer = Arc<dyn Fn(&job::Model, &str) -> String + Send + Sync>;
+pub type PayloadRenderer = Arc<dyn Fn(&job::Model) -> String + Send + Sync>;
 
 /// The event a finished job announces.
 pub fn event_type(job: &job::Model) -> &'static str {
@@ -69,7 +69,7 @@ pub(super) fn rows_for_job(
         return Vec::new();
     }
     let event = event_type(job);
-    let payload = render(job, event);
+    let payload = render(job);
     destinations
         .into_iter()
         .map(|(endpoint_id, url)| delivery::ActiveModel {
@@ -392,6 +392,47 @@ pub async fn redeliver(
         .await?;
     txn.commit().await?;
     Ok(reset.rows_affected as usize)
+}
+
+/// An endpoint's new URL, for its deliveries not yet delivered.
+pub(super) async fn retarget_undelivered(
+    txn: &impl ConnectionTrait,
+    endpoint_id: Uuid,
+    url: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    delivery::Entity::update_many()
+        .col_expr(delivery::Column::Url, Expr::value(url))
+        .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
+        .filter(delivery::Column::EndpointId.eq(endpoint_id))
+        .filter(delivery::Column::Status.ne(DeliveryStatus::Delivered))
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
+/// A re-enabled endpoint's deliveries that gave up (or never got a schedule): due now,
+/// with a fresh schedule.
+pub(super) async fn resume_undelivered(
+    txn: &impl ConnectionTrait,
+    endpoint_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let result = due_again(now)
+        .col_expr(delivery::Column::Attempts, Expr::value(0))
+        .filter(delivery::Column::EndpointId.eq(endpoint_id))
+        .filter(
+            sea_orm::Condition::any()
+                .add(delivery::Column::Status.eq(DeliveryStatus::Failed))
+                .add(
+                    sea_orm::Condition::all()
+                        .add(delivery::Column::Status.eq(DeliveryStatus::Pending))
+                        .add(delivery::Column::NextAttemptAt.is_null()),
+                ),
+        )
+        .exec(txn)
+        .await?;
+    Ok(result.rows_affected)
 }
 
 /// An UPDATE of deliveries that ends their lease at `now`; callers add the rest.

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use entity::webhook_endpoint;
-use sea_orm::{prelude::*, sea_query::Expr, ActiveValue::Set, QueryOrder};
+use sea_orm::{prelude::*, sea_query::Expr, ActiveValue::Set, QueryOrder, TransactionTrait};
 
 use super::{Db, StoreError};
 
@@ -100,6 +100,61 @@ pub async fn rotate_secret(
     Ok(webhook_endpoint::Entity::find_by_id(id)
         .one(db.writer())
         .await?)
+}
+
+/// What a partner changes of an endpoint; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointChanges {
+    pub url: Option<String>,
+    pub description: Option<Option<String>>,
+    pub enabled: Option<bool>,
+}
+
+/// Applies a partner's changes in one transaction: a new URL also applies to the
+/// deliveries not yet delivered; re-enabling makes those deliveries due now with a fresh
+/// schedule. Returns the endpoint as it now is, or None when the partner has no such one.
+pub async fn update(
+    db: &Db,
+    partner_id: Uuid,
+    id: Uuid,
+    changes: EndpointChanges,
+    now: DateTime<Utc>,
+) -> Result<Option<webhook_endpoint::Model>, StoreError> {
+    let txn = db.writer().begin().await?;
+    let Some(endpoint) = webhook_endpoint::Entity::find_by_id(id)
+        .filter(webhook_endpoint::Column::PartnerId.eq(partner_id))
+        .filter(webhook_endpoint::Column::DeletedAt.is_null())
+        .one(&txn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let was_enabled = endpoint.disabled_at.is_none();
+    let mut active: webhook_endpoint::ActiveModel = endpoint.into();
+    active.updated_at = Set(now);
+    if let Some(url) = &changes.url {
+        active.url = Set(url.clone());
+        super::deliveries::retarget_undelivered(&txn, id, url, now).await?;
+    }
+    if let Some(description) = changes.description {
+        active.description = Set(description);
+    }
+    match changes.enabled {
+        Some(true) if !was_enabled => {
+            active.disabled_at = Set(None);
+            active.disabled_reason = Set(None);
+            active.failing_since = Set(None);
+            super::deliveries::resume_undelivered(&txn, id, now).await?;
+        }
+        Some(false) if was_enabled => {
+            active.disabled_at = Set(Some(now));
+            active.disabled_reason = Set(Some("manual".into()));
+        }
+        _ => {}
+    }
+    let updated = active.update(&txn).await?;
+    txn.commit().await?;
+    Ok(Some(updated))
 }
 
 /// What an attempt taught us about its endpoint.

@@ -1,8 +1,14 @@
 //! Jobs: insertion with idempotency keys, lookups scoped to their partner, and listing.
 
 use chrono::Utc;
-use entity::job::{self, JobStatus};
-use sea_orm::{prelude::*, ActiveValue::Set, QueryOrder, QuerySelect, SqlErr};
+use entity::{
+    delivery::{self, DeliveryStatus},
+    erased_job,
+    job::{self, JobStatus},
+};
+use sea_orm::{
+    prelude::*, ActiveValue::Set, Condition, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+};
 
 use super::{Db, StoreError};
 
@@ -18,6 +24,7 @@ pub struct NewJob {
     pub diets: Option<String>,
     pub lang: Option<String>,
     pub idempotency_key: Option<String>,
+    pub client_reference: Option<String>,
     pub request_fingerprint: String,
 }
 
@@ -41,17 +48,17 @@ pub enum InsertOutcome {
     Replayed(job::Model),
     /// The idempotency key was used before with a different request.
     KeyReused,
+    /// The client reference names another job, asked for with a different request.
+    ReferenceReused,
 }
 
 pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
-    if let Some(key) = &new.idempotency_key {
-        if let Some(existing) = find_by_idempotency_key(db, new.partner_id, key).await? {
-            return Ok(replay_or_conflict(existing, &new.request_fingerprint));
-        }
+    if let Some(outcome) = find_earlier(db, &new).await? {
+        return Ok(outcome);
     }
     let now = Utc::now();
     let (image_url, image_key, image_sha256, image_bytes, image_format, image_width, image_height) =
-        match new.image {
+        match new.image.clone() {
             NewJobImage::Url(url) => (Some(url), None, None, None, None, None, None),
             NewJobImage::Stored {
                 key,
@@ -81,10 +88,11 @@ pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
         image_format: Set(image_format),
         image_width: Set(image_width),
         image_height: Set(image_height),
-        webhook_url: Set(new.webhook_url),
-        metadata: Set(new.metadata),
-        model_id: Set(new.model_id),
+        webhook_url: Set(new.webhook_url.clone()),
+        metadata: Set(new.metadata.clone()),
+        model_id: Set(new.model_id.clone()),
         idempotency_key: Set(new.idempotency_key.clone()),
+        client_reference: Set(new.client_reference.clone()),
         request_fingerprint: Set(new.request_fingerprint.clone()),
         result: Set(None),
         error_code: Set(None),
@@ -99,39 +107,58 @@ pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
         lease_token: Set(None),
         lease_expires_at: Set(None),
         model_version: Set(None),
-        diets: Set(new.diets),
-        lang: Set(new.lang),
+        diets: Set(new.diets.clone()),
+        lang: Set(new.lang.clone()),
     };
     match model.insert(db.writer()).await {
         Ok(created) => Ok(InsertOutcome::Created(created)),
-        // Two requests with one key raced; the other one won.
+        // Two requests with one key or reference raced; the other one won.
         Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-            let key = new.idempotency_key.as_deref().ok_or(StoreError::Db(err))?;
-            let existing = find_by_idempotency_key(db, new.partner_id, key)
-                .await?
-                .ok_or_else(|| StoreError::Setup("idempotency row vanished".into()))?;
-            Ok(replay_or_conflict(existing, &new.request_fingerprint))
+            find_earlier(db, &new).await?.ok_or(StoreError::Db(err))
         }
         Err(err) => Err(err.into()),
     }
 }
 
-fn replay_or_conflict(existing: job::Model, fingerprint: &str) -> InsertOutcome {
-    if existing.request_fingerprint == fingerprint {
-        InsertOutcome::Replayed(existing)
-    } else {
-        InsertOutcome::KeyReused
+/// The job an earlier request with the same idempotency key, or else the same client
+/// reference, created: replayed when the request is the same, a conflict when not.
+pub async fn find_earlier(db: &Db, new: &NewJob) -> Result<Option<InsertOutcome>, StoreError> {
+    let fingerprint = &new.request_fingerprint;
+    if let Some(key) = &new.idempotency_key {
+        if let Some(existing) =
+            find_by(db, new.partner_id, job::Column::IdempotencyKey, key).await?
+        {
+            return Ok(Some(if existing.request_fingerprint == *fingerprint {
+                InsertOutcome::Replayed(existing)
+            } else {
+                InsertOutcome::KeyReused
+            }));
+        }
     }
+    if let Some(reference) = &new.client_reference {
+        let column = job::Column::ClientReference;
+        if let Some(existing) = find_by(db, new.partner_id, column, reference).await? {
+            return Ok(Some(if existing.request_fingerprint == *fingerprint {
+                InsertOutcome::Replayed(existing)
+            } else {
+                InsertOutcome::ReferenceReused
+            }));
+        }
+    }
+    Ok(None)
 }
 
-pub async fn find_by_idempotency_key(
+/// A partner's job by its idempotency key or client reference (read from the writer, so a
+/// job just created is seen).
+async fn find_by(
     db: &Db,
     partner_id: Uuid,
-    key: &str,
+    column: job::Column,
+    value: &str,
 ) -> Result<Option<job::Model>, StoreError> {
     Ok(job::Entity::find()
         .filter(job::Column::PartnerId.eq(partner_id))
-        .filter(job::Column::IdempotencyKey.eq(key))
+        .filter(column.eq(value))
         .one(db.writer())
         .await?)
 }
@@ -164,26 +191,85 @@ pub async fn find_many(
     Ok(found)
 }
 
-/// A page of a partner's jobs, newest first, strictly older than `before` when given.
+/// Which of a partner's jobs a listing shows.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    /// Only jobs with a delivery in this state.
+    pub delivery: Option<DeliveryStatus>,
+    pub client_reference: Option<String>,
+}
+
+/// The order of a listing, and where its page starts.
+#[derive(Debug, Clone, Copy)]
+pub enum PageOrder {
+    /// Newest first, strictly older than `before` when given.
+    NewestFirst { before: Option<Uuid> },
+    /// Oldest change first (by `updated_at`, then id), from `since`, strictly after
+    /// `after`, and no later than `until`.
+    ChangedSince {
+        since: chrono::DateTime<Utc>,
+        after: Option<(chrono::DateTime<Utc>, Uuid)>,
+        until: chrono::DateTime<Utc>,
+    },
+}
+
+/// A page of a partner's jobs.
 pub async fn list(
     db: &Db,
     partner_id: Uuid,
-    status: Option<JobStatus>,
-    before: Option<Uuid>,
+    filter: &JobFilter,
+    order: PageOrder,
     limit: u64,
 ) -> Result<Vec<job::Model>, StoreError> {
     let mut query = job::Entity::find().filter(job::Column::PartnerId.eq(partner_id));
-    if let Some(status) = status {
+    if let Some(status) = filter.status {
         query = query.filter(job::Column::Status.eq(status));
     }
-    if let Some(before) = before {
-        query = query.filter(job::Column::Id.lt(before));
+    if let Some(state) = filter.delivery {
+        query = query.filter(
+            job::Column::Id.in_subquery(
+                sea_orm::sea_query::Query::select()
+                    .column(delivery::Column::JobId)
+                    .from(delivery::Entity)
+                    .and_where(delivery::Column::Status.eq(state))
+                    .to_owned(),
+            ),
+        );
     }
-    Ok(query
-        .order_by_desc(job::Column::Id)
-        .limit(limit)
-        .all(db.reader())
-        .await?)
+    if let Some(reference) = &filter.client_reference {
+        query = query.filter(job::Column::ClientReference.eq(reference.as_str()));
+    }
+    let query = match order {
+        PageOrder::NewestFirst { before } => {
+            if let Some(before) = before {
+                query = query.filter(job::Column::Id.lt(before));
+            }
+            query.order_by_desc(job::Column::Id)
+        }
+        PageOrder::ChangedSince {
+            since,
+            after,
+            until,
+        } => {
+            query = query
+                .filter(job::Column::UpdatedAt.gte(since))
+                .filter(job::Column::UpdatedAt.lte(until));
+            if let Some((at, id)) = after {
+                query = query.filter(
+                    Condition::any().add(job::Column::UpdatedAt.gt(at)).add(
+                        Condition::all()
+                            .add(job::Column::UpdatedAt.eq(at))
+                            .add(job::Column::Id.gt(id)),
+                    ),
+                );
+            }
+            query
+                .order_by_asc(job::Column::UpdatedAt)
+                .order_by_asc(job::Column::Id)
+        }
+    };
+    Ok(query.limit(limit).all(db.reader()).await?)
 }
 
 /// Up to `limit` jobs created before `cutoff`, oldest first: the retention sweep's next batch.
@@ -212,6 +298,47 @@ pub async fn object_is_referenced(
         .count(db.writer())
         .await?
         > 0)
+}
+
+/// Deletes a partner's job (its deliveries and attempts go with it) and keeps a tombstone,
+/// in one transaction. False when the partner has no such job.
+pub async fn erase(
+    db: &Db,
+    partner_id: Uuid,
+    id: Uuid,
+    now: chrono::DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let txn = db.writer().begin().await?;
+    let deleted = job::Entity::delete_many()
+        .filter(job::Column::Id.eq(id))
+        .filter(job::Column::PartnerId.eq(partner_id))
+        .exec(&txn)
+        .await?;
+    if deleted.rows_affected == 0 {
+        return Ok(false);
+    }
+    erased_job::ActiveModel {
+        id: Set(id),
+        partner_id: Set(partner_id),
+        erased_at: Set(now),
+    }
+    .insert(&txn)
+    .await?;
+    txn.commit().await?;
+    Ok(true)
+}
+
+/// When a partner's job was erased, if it was.
+pub async fn erased_at(
+    db: &Db,
+    partner_id: Uuid,
+    id: Uuid,
+) -> Result<Option<chrono::DateTime<Utc>>, StoreError> {
+    Ok(erased_job::Entity::find_by_id(id)
+        .filter(erased_job::Column::PartnerId.eq(partner_id))
+        .one(db.reader())
+        .await?
+        .map(|tombstone| tombstone.erased_at))
 }
 
 /// Deletes jobs (their deliveries and attempts go with them); returns how many.

@@ -4,7 +4,9 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use chrono::Utc;
 use entity::partner;
 use rand::RngCore;
-use sea_orm::{prelude::*, ActiveValue::Set, QueryOrder, TransactionTrait};
+use sea_orm::{
+    prelude::*, sea_query::Expr, ActiveValue::Set, Condition, QueryOrder, TransactionTrait,
+};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -75,6 +77,9 @@ async fn insert(
         revoked_at: Set(None),
         webhook_secret: Set(None),
         is_admin: Set(admin),
+        previous_key_prefix: Set(None),
+        previous_key_hash: Set(None),
+        previous_key_expires_at: Set(None),
     }
     .insert(conn)
     .await?;
@@ -86,6 +91,11 @@ pub async fn list(db: &Db) -> Result<Vec<partner::Model>, StoreError> {
         .order_by_asc(partner::Column::CreatedAt)
         .all(db.reader())
         .await?)
+}
+
+/// A partner, as the database has it now.
+pub async fn find(db: &Db, id: Uuid) -> Result<Option<partner::Model>, StoreError> {
+    Ok(partner::Entity::find_by_id(id).one(db.writer()).await?)
 }
 
 /// Revokes a partner's key. Returns false when no such partner exists.
@@ -105,7 +115,8 @@ pub async fn revoke(db: &Db, id: Uuid) -> Result<bool, StoreError> {
         .is_some())
 }
 
-/// The active partner owning this key, if any.
+/// The active partner owning this key, if any: its current key, or its previous one until
+/// the rotation's overlap ends.
 pub async fn authenticate(
     db: &Db,
     presented_key: &str,
@@ -115,12 +126,69 @@ pub async fn authenticate(
     }
     let presented_hash = hash_key(presented_key);
     let found = partner::Entity::find()
-        .filter(partner::Column::KeyHash.eq(presented_hash.as_str()))
+        .filter(
+            Condition::any()
+                .add(partner::Column::KeyHash.eq(presented_hash.as_str()))
+                .add(
+                    Condition::all()
+                        .add(partner::Column::PreviousKeyHash.eq(presented_hash.as_str()))
+                        .add(partner::Column::PreviousKeyExpiresAt.gt(Utc::now())),
+                ),
+        )
         .filter(partner::Column::RevokedAt.is_null())
         .one(db.reader())
         .await?;
     // The lookup is by hash; compare again in constant time so no code path leaks timing.
-    Ok(found.filter(|p| bool::from(p.key_hash.as_bytes().ct_eq(presented_hash.as_bytes()))))
+    Ok(found.filter(|p| {
+        let current = p.key_hash.as_bytes().ct_eq(presented_hash.as_bytes());
+        let previous = p
+            .previous_key_hash
+            .as_deref()
+            .unwrap_or_default()
+            .as_bytes()
+            .ct_eq(presented_hash.as_bytes());
+        bool::from(current | previous)
+    }))
+}
+
+/// Gives a partner a new key; the current one keeps working until `overlap_until`, and a
+/// previous one still in its overlap stops now. Returns the partner as it now is, with
+/// the new key (shown only now).
+pub async fn rotate_key(
+    db: &Db,
+    id: Uuid,
+    overlap_until: chrono::DateTime<Utc>,
+) -> Result<(partner::Model, NewApiKey), StoreError> {
+    let key = NewApiKey::generate();
+    partner::Entity::update_many()
+        .col_expr(
+            partner::Column::PreviousKeyPrefix,
+            Expr::col(partner::Column::KeyPrefix),
+        )
+        .col_expr(
+            partner::Column::PreviousKeyHash,
+            Expr::col(partner::Column::KeyHash),
+        )
+        .col_expr(
+            partner::Column::PreviousKeyExpiresAt,
+            Expr::value(overlap_until),
+        )
+        .col_expr(
+            partner::Column::KeyPrefix,
+            Expr::value(key.expose()[..SHOWN_CHARS].to_string()),
+        )
+        .col_expr(
+            partner::Column::KeyHash,
+            Expr::value(hash_key(key.expose())),
+        )
+        .filter(partner::Column::Id.eq(id))
+        .exec(db.writer())
+        .await?;
+    let partner = partner::Entity::find_by_id(id)
+        .one(db.writer())
+        .await?
+        .ok_or_else(|| StoreError::Setup(format!("partner {id} vanished")))?;
+    Ok((partner, key))
 }
 
 /// The partner's signing secret for per-job webhook URLs. `candidate` is stored if the

@@ -257,7 +257,7 @@ pub struct FetchedImage {
     pub height: i32,
 }
 
-/// A result the same model version already produced for the same image bytes, diet tags
+/// A result the same model version already produced for the same partner, image bytes, diet tags
 /// and tip language (the tips depend on them).
 pub async fn reusable_result(
     db: &Db,
@@ -270,6 +270,9 @@ pub async fn reusable_result(
         None => column.is_null(),
     };
     Ok(job::Entity::find()
+        // Only the partner's own jobs: reusing another partner's result would tell them,
+        // by its speed, that someone else sent the same photo.
+        .filter(job::Column::PartnerId.eq(job.partner_id))
         .filter(job::Column::ImageSha256.eq(sha256))
         .filter(job::Column::ModelVersion.eq(model_version))
         .filter(same(job::Column::Diets, &job.diets))

@@ -428,7 +428,10 @@ impl JobWorker {
         self.objects
             .put(&image.key, bytes.clone(), header.format.mime())
             .await?;
-        queue::record_fetched_image(&self.db, lease, &image).await?;
+        if !queue::record_fetched_image(&self.db, lease, &image).await? {
+            // The job was erased (or changed hands) meanwhile: keep no image only it had.
+            crate::intake::remove_if_orphaned(&self.db, self.objects.as_ref(), &image.key).await;
+        }
         Ok((bytes, sha256))
     }
 }

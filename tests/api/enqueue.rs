@@ -163,16 +163,45 @@ async fn an_image_url_is_accepted_as_json_and_not_fetched_yet() {
 }
 
 #[tokio::test]
-async fn an_image_url_in_a_multipart_form_works_too() {
+async fn a_multipart_form_takes_an_image_and_refuses_parts_it_does_not_know() {
     let app = TestApp::spawn().await;
-    let form = Form::new().text("image_url", "https://cdn.example.com/meals/9.png");
-    let response = app.enqueue_form(&app.key, form).await;
-    assert_eq!(response.status(), 202);
-    let job: Value = response.json().await.unwrap();
-    assert_eq!(
-        job["request"]["image"]["url"],
-        "https://cdn.example.com/meals/9.png"
-    );
+    // A URL is enqueued as JSON; in a form it is an unknown part, named in the problem.
+    let form = Form::new()
+        .part(
+            "image",
+            Part::bytes(fixture("apple.jpg")).file_name("apple.jpg"),
+        )
+        .text("image_url", "https://cdn.example.com/meals/9.png");
+    let problem = crate::helpers::assert_problem(
+        app.enqueue_form(&app.key, form).await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert!(problem["detail"].as_str().unwrap().contains("image_url"));
+    let form = Form::new()
+        .part(
+            "image",
+            Part::bytes(fixture("apple.jpg")).file_name("apple.jpg"),
+        )
+        .text("webhookUrl", "https://hooks.example.com/x");
+    let problem = crate::helpers::assert_problem(
+        app.enqueue_form(&app.key, form).await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert!(problem["detail"].as_str().unwrap().contains("webhookUrl"));
+    // JSON, too, names a field it does not know rather than ignoring it.
+    let response = app
+        .enqueue_json(
+            &app.key,
+            json!({"image_url": "https://cdn.example.com/a.jpg", "webhookUrl": "https://hooks.example.com/x"}),
+        )
+        .await;
+    let problem = crate::helpers::assert_problem(response, 422, "validation_failed").await;
+    assert!(problem["detail"].as_str().unwrap().contains("webhookUrl"));
+    assert_eq!(app.list_jobs(&app.key, "").await["jobs"], json!([]));
 }
 
 #[tokio::test]
@@ -189,6 +218,7 @@ async fn an_idempotency_key_replays_the_same_job() {
     let body = json!({"image_url": "https://cdn.example.com/a.jpg", "metadata": {"a": 1, "b": 2}});
     let first = send(body.clone()).await.unwrap();
     assert_eq!(first.status(), 202);
+    assert!(first.headers().get("idempotent-replayed").is_none());
     let first: Value = first.json().await.unwrap();
     // Same body, keys in another order: the same job.
     let again =
@@ -196,13 +226,14 @@ async fn an_idempotency_key_replays_the_same_job() {
             .await
             .unwrap();
     assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["job_id"], first["job_id"]);
 
     let other = send(json!({"image_url": "https://cdn.example.com/b.jpg"}))
         .await
         .unwrap();
-    crate::helpers::assert_problem(other, 422, "idempotency_key_reused").await;
+    crate::helpers::assert_problem(other, 409, "idempotency_key_reused").await;
     assert_eq!(
         app.list_jobs(&app.key, "").await["jobs"]
             .as_array()

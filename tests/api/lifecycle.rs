@@ -321,7 +321,7 @@ async fn outbound_requests_to_private_and_metadata_addresses_are_refused() {
         "http://127.0.0.1:9/a.jpg",
         "http://169.254.169.254/latest/meta-data/",
         "http://10.1.2.3/a.jpg",
-        "http://[fd00:ec2::254]/",
+        "http://metadata.google.internal/computeMetadata/v1/",
     ] {
         let response = app
             .enqueue_json(&app.key, json!({ "image_url": url }))
@@ -350,7 +350,7 @@ async fn the_same_image_reuses_the_stored_result_without_inference() {
     assert_eq!(done["status"], "succeeded");
     // Mark the stored result: a second job can only return the mark by reusing it.
     let mut marked = done["result"].clone();
-    marked["marker"] = json!("reused");
+    marked["tips"][0]["text"] = json!("reused");
     entity::job::Entity::update_many()
         .col_expr(entity::job::Column::Result, Expr::value(marked.clone()))
         .filter(entity::job::Column::Id.eq(first.parse::<uuid::Uuid>().unwrap()))
@@ -366,7 +366,19 @@ async fn the_same_image_reuses_the_stored_result_without_inference() {
     // A different image is scored afresh.
     let third = upload(&app, "lemon.jpg").await;
     let job = app.wait_until_settled(&app.key, &third).await;
-    assert_eq!(job["result"].get("marker"), None);
+    assert_ne!(job["result"]["tips"][0]["text"], "reused");
+    // So is another partner's identical photo: reuse never crosses partners, so no partner
+    // learns from a result's speed that someone else sent the same photo.
+    let other = app.new_partner("other").await;
+    let response = app.upload(&other, fixture("pizza.jpg"), "pizza.jpg").await;
+    assert_eq!(response.status(), 202);
+    let theirs: Value = response.json().await.unwrap();
+    let job = app
+        .wait_until_settled(&other, theirs["job_id"].as_str().unwrap())
+        .await;
+    assert_eq!(job["status"], "succeeded");
+    assert_ne!(job["result"], marked);
+    assert_eq!(job["result"]["labels"], marked["labels"]);
 }
 
 #[tokio::test]
@@ -612,7 +624,7 @@ async fn a_partner_has_at_most_twenty_endpoints() {
             json!({ "url": "http://127.0.0.1:9/one-more" }),
         )
         .await;
-    crate::helpers::assert_problem(response, 422, "webhook_limit_reached").await;
+    crate::helpers::assert_problem(response, 409, "webhook_limit_reached").await;
     assert_eq!(
         app.get_json(&app.key, "/webhooks").await["endpoints"]
             .as_array()

@@ -60,3 +60,23 @@ async fn the_spec_and_docs_are_served_without_a_cdn() {
         "docs must not load assets from a CDN"
     );
 }
+
+/// The problem codes are one enum; the spec publishes it, and `docs/api.md` lists each code
+/// with its status.
+#[test]
+fn every_problem_code_is_in_the_spec_and_the_docs_with_its_status() {
+    let spec: serde_json::Value = serde_json::from_str(&platescore::api::spec_json()).unwrap();
+    let codes = spec["components"]["schemas"]["ProblemCode"]["enum"]
+        .as_array()
+        .expect("ProblemCode is an enum in the spec");
+    assert!(codes.len() > 20);
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md"))
+        .expect("docs/api.md exists");
+    for code in codes {
+        let code = code.as_str().unwrap();
+        let parsed: platescore::api::problem::ProblemCode =
+            poem_openapi::types::ParseFromJSON::parse_from_json(Some(code.into())).unwrap();
+        let row = format!("| {} | `{code}` |", parsed.status().as_u16());
+        assert!(docs.contains(&row), "docs/api.md lacks the row `{row}`");
+    }
+}

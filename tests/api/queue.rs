@@ -62,6 +62,14 @@ async fn a_claim_takes_due_jobs_oldest_first_and_only_once() {
     assert_eq!(status["status"], "in_progress");
 }
 
+/// A result as the scorer stores it.
+fn scored() -> serde_json::Value {
+    json!({
+        "is_food": true, "score": 4.5, "rating": 5, "confidence": 0.9, "food_evidence": 0.95,
+        "food_group": "fruit", "labels": [], "tips": [], "lang": "en", "model_version": "test-model",
+    })
+}
+
 #[tokio::test]
 async fn only_the_lease_holder_finishes_a_job() {
     let app = TestApp::spawn().await;
@@ -74,7 +82,7 @@ async fn only_the_lease_holder_finishes_a_job() {
     let mut forged = lease.clone();
     forged.token = uuid::Uuid::new_v4();
     let done = Outcome::Succeeded {
-        result: json!({"score": 4.5}),
+        result: scored(),
         model_version: "test-model".into(),
         processing_time_ms: 12,
     };
@@ -103,7 +111,7 @@ async fn only_the_lease_holder_finishes_a_job() {
         .await
         .unwrap();
     assert_eq!(job["status"], "succeeded");
-    assert_eq!(job["result"], json!({"score": 4.5}));
+    assert_eq!(job["result"], scored());
     assert_eq!(job["processing_time_ms"], 12);
 }
 
@@ -226,5 +234,5 @@ async fn concurrent_claimers_never_take_the_same_job() {
 }
 
 fn no_payload() -> PayloadRenderer {
-    std::sync::Arc::new(|_, _| String::new())
+    std::sync::Arc::new(|_| String::new())
 }

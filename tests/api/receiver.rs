@@ -29,6 +29,8 @@ pub enum Reply {
     Body(u16, &'static [u8]),
     /// Never answers (until the test ends).
     Hang,
+    /// 200 (with the bytes, from an image host) after this many milliseconds.
+    Slow(u64),
     Redirect(String),
 }
 
@@ -105,6 +107,10 @@ async fn receive(state: Data<&Arc<State>>, headers: &HeaderMap, body: Body) -> R
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Response::builder().body("")
         }
+        Reply::Slow(ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::builder().body("thanks")
+        }
         Reply::Redirect(to) => Response::builder()
             .status(StatusCode::FOUND)
             .header("location", to)
@@ -179,6 +185,12 @@ async fn image(files: Data<&Arc<Vec<HostedImage>>>, Path(name): Path<String>) ->
             .status(StatusCode::from_u16(*code).unwrap())
             .content_type("image/jpeg")
             .body(bytes.clone()),
+        Some((_, Reply::Slow(ms), bytes)) => {
+            tokio::time::sleep(Duration::from_millis(*ms)).await;
+            Response::builder()
+                .content_type("image/jpeg")
+                .body(bytes.clone())
+        }
         _ => Response::builder()
             .status(StatusCode::NOT_FOUND)
             .body("no such image"),

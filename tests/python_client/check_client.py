@@ -6,11 +6,22 @@ Usage: check_client.py BASE_URL API_KEY IMAGE_PATH   (the generated package on P
 
 import hashlib
 import sys
+import time
 import uuid
 
 from platescore_client import AuthenticatedClient
 from platescore_client.api.jobs import enqueue, enqueue_upload, get_status, get_status_batch, list_jobs
-from platescore_client.models import EnqueueUploadForm, EnqueueUrlRequest, Job, JobState, Problem, StatusBatchRequest
+from platescore_client.models import (
+    EnqueueUploadForm,
+    EnqueueUploadFormMetadata,
+    EnqueueUrlRequest,
+    Job,
+    JobState,
+    Problem,
+    ProblemCode,
+    ScoreResult,
+    StatusBatchRequest,
+)
 from platescore_client.types import File
 
 
@@ -21,11 +32,12 @@ def main() -> None:
     checks = 0
 
     # Upload through the multipart operation.
-    form = EnqueueUploadForm(image=File(payload=image, file_name="meal.jpg", mime_type="image/jpeg"), metadata='{"user": "py"}')
+    form = EnqueueUploadForm(image=File(payload=image, file_name="meal.jpg", mime_type="image/jpeg"), metadata=EnqueueUploadFormMetadata.from_dict({"user": "py"}))
     uploaded = enqueue_upload.sync(client=client, body=form, idempotency_key="py-1")
     assert isinstance(uploaded, Job), uploaded
     assert uploaded.status == JobState.QUEUED
     assert uploaded.request.image.sha256 == hashlib.sha256(image).hexdigest()
+    assert uploaded.request.metadata.to_dict() == {"user": "py"}, uploaded.request.metadata
     checks += 1
 
     # The same upload through /enqueue, which takes both media types.
@@ -50,14 +62,25 @@ def main() -> None:
     assert len(page.jobs) == 1 and page.jobs[0].job_id == by_url.job_id and page.next_cursor, page
     checks += 1
 
+    # The result is typed: a ScoreResult, not a dict.
+    for _ in range(600):
+        done = get_status.sync(client=client, job_id=str(uploaded.job_id))
+        if done.status in (JobState.SUCCEEDED, JobState.FAILED):
+            break
+        time.sleep(0.1)
+    assert done.status == JobState.SUCCEEDED, done
+    assert isinstance(done.result, ScoreResult) and done.result.is_food, done.result
+    assert 1 <= done.result.rating <= 5 and done.result.labels[0].label, done.result
+    checks += 1
+
     # Errors arrive as problem details.
     problem = get_status.sync(client=client, job_id=str(missing))
-    assert isinstance(problem, Problem) and problem.code == "job_not_found" and problem.status == 404, problem
+    assert isinstance(problem, Problem) and problem.code == ProblemCode.JOB_NOT_FOUND and problem.status == 404, problem
     bad = enqueue.sync(client=client, body=EnqueueUrlRequest(image_url="http://169.254.169.254/latest/meta-data"))
-    assert isinstance(bad, Problem) and bad.code == "url_forbidden_host", bad
+    assert isinstance(bad, Problem) and bad.code == ProblemCode.URL_FORBIDDEN_HOST, bad
     wrong_key = AuthenticatedClient(base_url=base_url, token="psk_wrong")
     unauthorized = get_status.sync(client=wrong_key, job_id=str(uploaded.job_id))
-    assert isinstance(unauthorized, Problem) and unauthorized.code == "unauthorized", unauthorized
+    assert isinstance(unauthorized, Problem) and unauthorized.code == ProblemCode.UNAUTHORIZED, unauthorized
     checks += 1
 
     print(f"{checks} passed, 0 failed")
