@@ -278,6 +278,12 @@ async fn an_endpoint_can_be_moved_disabled_and_re_enabled_and_its_deliveries_fol
     let deliveries = wait_for_delivery_state(&app, &job_id, "failed").await;
     assert_eq!(deliveries[0]["url"], old.url("/hook"));
     assert_eq!(old.received().len(), 4);
+    // The listing finds it by its delivery's state.
+    let failed = app.list_jobs(&app.key, "?delivery=failed").await;
+    assert_eq!(failed["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(failed["jobs"][0]["job_id"], job_id);
+    let delivered = app.list_jobs(&app.key, "?delivery=delivered").await;
+    assert_eq!(delivered["jobs"], json!([]));
 
     // Disabled by the partner.
     let response = patch(&app, &format!("/webhooks/{id}"), json!({"enabled": false})).await;
@@ -303,6 +309,12 @@ async fn an_endpoint_can_be_moved_disabled_and_re_enabled_and_its_deliveries_fol
     assert!(received[0].signed_with(endpoint["secret"].as_str().unwrap()));
     wait_for_delivery_state(&app, &job_id, "delivered").await;
     assert_eq!(old.received().len(), 4);
+    let delivered = app.list_jobs(&app.key, "?delivery=delivered").await;
+    assert_eq!(delivered["jobs"][0]["job_id"], job_id);
+    assert_eq!(
+        app.list_jobs(&app.key, "?delivery=failed").await["jobs"],
+        json!([])
+    );
 
     // What a PATCH may not say.
     for (body, code) in [
