@@ -54,18 +54,33 @@ impl KeyCache {
     }
 }
 
-async fn check(req: &Request, key: &str) -> poem::Result<partner::Model> {
+/// An authenticated caller: the partner, and which key it called with.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub partner: partner::Model,
+    /// Lowercase hex SHA-256 of the key presented.
+    pub key_sha256: String,
+}
+
+async fn check(req: &Request, key: &str) -> poem::Result<Caller> {
     let state = req
         .data::<Arc<AppState>>()
         .ok_or_else(|| ApiProblem::internal("application state missing"))?;
     let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    let key_sha256 = hex::encode(digest);
     if let Some(partner) = state.key_cache.get(&digest) {
-        return Ok(partner);
+        return Ok(Caller {
+            partner,
+            key_sha256,
+        });
     }
     match crate::store::partners::authenticate(&state.db, key).await {
         Ok(Some(partner)) => {
             state.key_cache.put(digest, partner.clone());
-            Ok(partner)
+            Ok(Caller {
+                partner,
+                key_sha256,
+            })
         }
         Ok(None) => Err(ApiProblem::new(
             ProblemCode::Unauthorized,
@@ -76,18 +91,18 @@ async fn check(req: &Request, key: &str) -> poem::Result<partner::Model> {
     }
 }
 
-async fn check_bearer(req: &Request, bearer: auth::Bearer) -> poem::Result<partner::Model> {
+async fn check_bearer(req: &Request, bearer: auth::Bearer) -> poem::Result<Caller> {
     check(req, &bearer.token).await
 }
 
-async fn check_api_key(req: &Request, key: auth::ApiKey) -> poem::Result<partner::Model> {
+async fn check_api_key(req: &Request, key: auth::ApiKey) -> poem::Result<Caller> {
     check(req, &key.key).await
 }
 
 /// An API key sent as a bearer token.
 #[derive(SecurityScheme)]
 #[oai(ty = "bearer", checker = "check_bearer")]
-pub struct BearerKey(partner::Model);
+pub struct BearerKey(Caller);
 
 /// An API key sent in the `X-API-Key` header.
 #[derive(SecurityScheme)]
@@ -97,7 +112,7 @@ pub struct BearerKey(partner::Model);
     key_in = "header",
     checker = "check_api_key"
 )]
-pub struct HeaderKey(partner::Model);
+pub struct HeaderKey(Caller);
 
 #[derive(SecurityScheme)]
 pub enum PartnerAuth {
@@ -107,8 +122,17 @@ pub enum PartnerAuth {
 
 impl PartnerAuth {
     pub fn partner(&self) -> &partner::Model {
+        &self.caller().partner
+    }
+
+    /// Hex SHA-256 of the key this request came with.
+    pub fn key_sha256(&self) -> &str {
+        &self.caller().key_sha256
+    }
+
+    fn caller(&self) -> &Caller {
         match self {
-            Self::Bearer(BearerKey(p)) | Self::Header(HeaderKey(p)) => p,
+            Self::Bearer(BearerKey(caller)) | Self::Header(HeaderKey(caller)) => caller,
         }
     }
 }

@@ -9,7 +9,7 @@ use poem_openapi::{payload::Json, ApiResponse, OpenApi};
 use super::{
     auth::PartnerAuth,
     dto::{ApiKeyList, RotatedApiKey},
-    problem::{ApiProblem, ApiResult},
+    problem::{ApiProblem, ApiResult, ProblemCode},
     ApiTags, AppState,
 };
 use crate::store::partners;
@@ -33,9 +33,10 @@ pub enum ListResponse {
 impl KeysApi {
     /// Rotate your API key.
     ///
-    /// Returns a new key. The key you call with keeps working for the overlap (24 hours by
-    /// default), so every caller can switch; a key from an earlier rotation still in its
-    /// overlap stops now.
+    /// Call with your current key. Returns a new key; the one you called with keeps working
+    /// for the overlap (24 hours by default), so every caller can switch. A key from an
+    /// earlier rotation still in its overlap stops now: to end a leaked key at once, rotate
+    /// twice. A previous key cannot rotate (`403 current_key_required`).
     #[oai(path = "/keys/rotate", method = "post", operation_id = "rotate_key")]
     async fn rotate(
         &self,
@@ -43,8 +44,20 @@ impl KeysApi {
         auth: PartnerAuth,
     ) -> ApiResult<RotatedResponse> {
         let overlap_until = Utc::now() + state.key_rotation_overlap;
-        let (partner, key) =
-            partners::rotate_key(&state.db, auth.partner().id, overlap_until).await?;
+        let (partner, key) = partners::rotate_key(
+            &state.db,
+            auth.partner().id,
+            auth.key_sha256(),
+            overlap_until,
+        )
+        .await?
+        .ok_or_else(|| {
+            ApiProblem::new(
+                ProblemCode::CurrentKeyRequired,
+                "rotate with your current key; this one is the previous key, or was \
+                 rotated meanwhile",
+            )
+        })?;
         Ok(RotatedResponse::Created(Json(RotatedApiKey {
             key: key.expose().to_string(),
             keys: ApiKeyList::from(&partner).keys,

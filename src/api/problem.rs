@@ -56,6 +56,8 @@ pub enum ProblemCode {
     Unauthorized,
     /// 403: the operation needs an admin key.
     AdminRequired,
+    /// 403: only the current API key may rotate (not the previous one, during an overlap).
+    CurrentKeyRequired,
     /// 404: no such route.
     NotFound,
     /// 404: no such job for this partner.
@@ -120,7 +122,7 @@ impl ProblemCode {
                 StatusCode::BAD_REQUEST
             }
             Unauthorized => StatusCode::UNAUTHORIZED,
-            AdminRequired => StatusCode::FORBIDDEN,
+            AdminRequired | CurrentKeyRequired => StatusCode::FORBIDDEN,
             NotFound | JobNotFound | JobErased | WebhookNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             JobNotFinished | ClientReferenceReused | IdempotencyKeyReused | WebhookLimitReached => {

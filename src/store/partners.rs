@@ -151,16 +151,18 @@ pub async fn authenticate(
     }))
 }
 
-/// Gives a partner a new key; the current one keeps working until `overlap_until`, and a
-/// previous one still in its overlap stops now. Returns the partner as it now is, with
-/// the new key (shown only now).
+/// Gives a partner a new key, if `current_key_sha256` is still its current key (so a
+/// previous key, or a caller racing another rotation, cannot rotate): the current one keeps
+/// working until `overlap_until`, and a previous one still in its overlap stops now.
+/// Returns the partner as it now is, with the new key (shown only now).
 pub async fn rotate_key(
     db: &Db,
     id: Uuid,
+    current_key_sha256: &str,
     overlap_until: chrono::DateTime<Utc>,
-) -> Result<(partner::Model, NewApiKey), StoreError> {
+) -> Result<Option<(partner::Model, NewApiKey)>, StoreError> {
     let key = NewApiKey::generate();
-    partner::Entity::update_many()
+    let rotated = partner::Entity::update_many()
         .col_expr(
             partner::Column::PreviousKeyPrefix,
             Expr::col(partner::Column::KeyPrefix),
@@ -182,13 +184,17 @@ pub async fn rotate_key(
             Expr::value(hash_key(key.expose())),
         )
         .filter(partner::Column::Id.eq(id))
+        .filter(partner::Column::KeyHash.eq(current_key_sha256))
+        .filter(partner::Column::RevokedAt.is_null())
         .exec(db.writer())
         .await?;
-    let partner = partner::Entity::find_by_id(id)
-        .one(db.writer())
+    if rotated.rows_affected == 0 {
+        return Ok(None);
+    }
+    let partner = find(db, id)
         .await?
         .ok_or_else(|| StoreError::Setup(format!("partner {id} vanished")))?;
-    Ok((partner, key))
+    Ok(Some((partner, key)))
 }
 
 /// The partner's signing secret for per-job webhook URLs. `candidate` is stored if the
