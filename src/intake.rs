@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use chrono::Utc;
 use entity::job;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -18,7 +19,7 @@ use crate::{
     objects::{self, ObjectStore, ObjectStoreError},
     outbound::{OutboundError, OutboundPolicy},
     store::{
-        jobs::{self, InsertOutcome, NewJob, NewJobImage},
+        jobs::{self, Earlier, InsertOutcome, NewJob, NewJobImage},
         wakeups::{Wakeups, Work},
         Db, StoreError,
     },
@@ -195,7 +196,7 @@ impl Intake {
 
         // A retry with the same key or reference must not write anything.
         if let Some(earlier) = jobs::find_earlier(&self.db, &new_job).await? {
-            return outcome(earlier);
+            return answer(earlier);
         }
 
         let stored_key = match (&new_job.image, upload) {
@@ -210,9 +211,15 @@ impl Intake {
             Ok(InsertOutcome::Created(job)) => {
                 crate::metrics::get().jobs_enqueued.inc();
                 self.wakeups.announce(Work::Jobs).await;
-                Ok(Enqueued::Created(job))
+                Ok(Enqueued::Created(*job))
             }
-            Ok(earlier) => outcome(earlier),
+            // A request racing this one won: the image written here may be no job's.
+            Ok(InsertOutcome::Earlier(earlier)) => {
+                if let Some(key) = stored_key {
+                    remove_if_orphaned(&self.db, self.objects.as_ref(), &key).await;
+                }
+                answer(earlier)
+            }
             Err(err) => {
                 if let Some(key) = stored_key {
                     remove_if_orphaned(&self.db, self.objects.as_ref(), &key).await;
@@ -222,20 +229,26 @@ impl Intake {
         }
     }
 
-    /// Erases a partner's job: its stored image (unless another job, of any partner, uses
-    /// the same bytes), then the job with its result and deliveries, leaving a tombstone.
-    /// A worker holding the job loses its lease: what it produces is dropped. Returns false
-    /// when the partner has no such job.
+    /// Erases a partner's job: the job with its result and deliveries (leaving a tombstone),
+    /// then its stored image, unless another job, of any partner, uses the same bytes. A
+    /// worker holding the job loses its lease: what it produces is dropped. When deleting the
+    /// image fails, the tombstone keeps its key and erasing again finishes the work. Returns
+    /// false when there is nothing (left) to erase.
     pub async fn erase(&self, partner_id: Uuid, job_id: Uuid) -> Result<bool, IntakeError> {
-        let Some(job) = jobs::find(&self.db, partner_id, job_id).await? else {
-            return Ok(false);
+        let tombstone = match jobs::erase(&self.db, partner_id, job_id, Utc::now()).await? {
+            Some(tombstone) => tombstone,
+            None => match jobs::erased(&self.db, partner_id, job_id).await? {
+                Some(tombstone) if tombstone.image_key.is_some() => tombstone,
+                _ => return Ok(false),
+            },
         };
-        if let Some(key) = &job.image_key {
-            if !jobs::object_is_referenced(&self.db, key, &[job.id]).await? {
+        if let Some(key) = &tombstone.image_key {
+            if !jobs::object_is_referenced(&self.db, key, &[]).await? {
                 self.objects.delete(key).await?;
             }
+            jobs::erased_image_done(&self.db, job_id).await?;
         }
-        Ok(jobs::erase(&self.db, partner_id, job.id, chrono::Utc::now()).await?)
+        Ok(true)
     }
 
     /// Vets a webhook URL by its text (addresses are vetted again when it is called).
@@ -256,6 +269,11 @@ impl Intake {
     ) -> Result<serde_json::Value, IntakeError> {
         if !metadata.is_object() {
             return Err(IntakeError::Metadata("must be a JSON object".into()));
+        }
+        if holds_nul(&metadata) {
+            return Err(IntakeError::Metadata(
+                "may not hold the character U+0000".into(),
+            ));
         }
         let size = serde_json::to_vec(&metadata)
             .map(|v| v.len())
@@ -284,12 +302,23 @@ pub async fn remove_if_orphaned(db: &Db, objects: &dyn ObjectStore, key: &str) {
 }
 
 /// What enqueue answers for a request an earlier one already made (or raced to make).
-fn outcome(earlier: InsertOutcome) -> Result<Enqueued, IntakeError> {
+fn answer(earlier: Earlier) -> Result<Enqueued, IntakeError> {
     match earlier {
-        InsertOutcome::Created(job) => Ok(Enqueued::Created(job)),
-        InsertOutcome::Replayed(job) => Ok(Enqueued::Replayed(job)),
-        InsertOutcome::KeyReused => Err(IntakeError::IdempotencyKeyReused),
-        InsertOutcome::ReferenceReused => Err(IntakeError::ClientReferenceReused),
+        Earlier::Replayed(job) => Ok(Enqueued::Replayed(*job)),
+        Earlier::KeyReused => Err(IntakeError::IdempotencyKeyReused),
+        Earlier::ReferenceReused => Err(IntakeError::ClientReferenceReused),
+    }
+}
+
+/// Whether a JSON value has U+0000 in a key or a string (PostgreSQL's `jsonb` refuses it).
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .any(|(key, value)| key.contains('\0') || holds_nul(value)),
+        _ => false,
     }
 }
 
@@ -382,13 +411,20 @@ fn fingerprint(
     lang: &Option<String>,
     client_reference: &Option<String>,
 ) -> String {
+    // URLs in their normal form (`https://Example.com` is `https://example.com/`), as they
+    // were stored before URLs were kept as given.
+    let normal = |url: &str| {
+        url::Url::parse(url)
+            .map(String::from)
+            .unwrap_or_else(|_| url.to_string())
+    };
     let source = match image {
-        NewJobImage::Url(url) => serde_json::json!({ "url": url }),
+        NewJobImage::Url(url) => serde_json::json!({ "url": normal(url) }),
         NewJobImage::Stored { sha256, .. } => serde_json::json!({ "sha256": sha256 }),
     };
     let mut request = serde_json::json!({
         "image": source,
-        "webhook_url": webhook_url,
+        "webhook_url": webhook_url.as_deref().map(normal),
         "metadata": metadata,
         "model_id": model_id,
         "diets": diets,

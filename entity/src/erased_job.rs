@@ -1,4 +1,5 @@
-//! The tombstone of an erased job: its id, its partner and when; nothing of its content.
+//! The tombstone of an erased job: its id, its partner and when; nothing of its content but,
+//! until it is deleted, the key of its image.
 
 use sea_orm::entity::prelude::*;
 
@@ -9,6 +10,8 @@ pub struct Model {
     pub id: Uuid,
     pub partner_id: Uuid,
     pub erased_at: DateTimeUtc,
+    /// The image object still to delete (when no other job uses it); null once done.
+    pub image_key: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -79,6 +79,7 @@ impl MigrationTrait for Migration {
                     .col(uuid(ErasedJobs::Id).primary_key())
                     .col(uuid(ErasedJobs::PartnerId))
                     .col(timestamp_with_time_zone(ErasedJobs::ErasedAt))
+                    .col(string_len_null(ErasedJobs::ImageKey, 200))
                     .foreign_key(
                         ForeignKey::create()
                             .from(ErasedJobs::Table, ErasedJobs::PartnerId)
@@ -146,4 +147,5 @@ enum ErasedJobs {
     Id,
     PartnerId,
     ErasedAt,
+    ImageKey,
 }

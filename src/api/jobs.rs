@@ -198,11 +198,13 @@ impl JobsApi {
         auth: PartnerAuth,
         job_id: Path<String>,
     ) -> ApiResult<ErasedResponse> {
-        let job = find_job(&state, &auth, &job_id.0).await?;
-        if state.intake.erase(auth.partner().id, job.id).await? {
+        let erased = match Uuid::parse_str(&job_id.0) {
+            Ok(id) => state.intake.erase(auth.partner().id, id).await?,
+            Err(_) => false,
+        };
+        if erased {
             Ok(ErasedResponse::Erased)
         } else {
-            // Erased by a concurrent request.
             Err(missing(&state, &auth, &job_id.0).await.into())
         }
     }
@@ -368,7 +370,7 @@ const CHANGE_SETTLING: chrono::Duration = chrono::Duration::seconds(5);
 
 /// A `next_cursor`: `<seconds>.<nanoseconds>_<job id>`.
 pub(super) const CURSOR_PATTERN: &str = concat!(
-    r"^[0-9]{1,12}\.[0-9]{9}_",
+    r"^[0-9]{1,11}\.[0-9]{9}_",
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 );
 
@@ -467,13 +469,16 @@ async fn find_job(
 /// Why a job the partner names is not there: erased, or never theirs.
 async fn missing(state: &AppState, auth: &PartnerAuth, job_id: &str) -> ApiProblem {
     let erased = match Uuid::parse_str(job_id) {
-        Ok(id) => jobs::erased_at(&state.db, auth.partner().id, id).await,
+        Ok(id) => jobs::erased(&state.db, auth.partner().id, id).await,
         Err(_) => Ok(None),
     };
     match erased {
-        Ok(Some(at)) => ApiProblem::new(
+        Ok(Some(tombstone)) => ApiProblem::new(
             ProblemCode::JobErased,
-            format!("job `{job_id}` was erased at {}", at.to_rfc3339()),
+            format!(
+                "job `{job_id}` was erased at {}",
+                tombstone.erased_at.to_rfc3339()
+            ),
         ),
         Ok(None) => not_found(job_id),
         Err(err) => err.into(),

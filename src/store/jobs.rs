@@ -43,19 +43,25 @@ pub enum NewJobImage {
 
 #[derive(Debug)]
 pub enum InsertOutcome {
-    Created(job::Model),
-    /// The idempotency key was used before with the same request: here is that job.
-    Replayed(job::Model),
-    /// The idempotency key was used before with a different request.
+    Created(Box<job::Model>),
+    /// An earlier request with the same idempotency key or client reference.
+    Earlier(Earlier),
+}
+
+/// What an earlier request with the same idempotency key (or else client reference) made.
+#[derive(Debug)]
+pub enum Earlier {
+    /// The same request: here is its job.
+    Replayed(Box<job::Model>),
+    /// The idempotency key was used with a different request.
     KeyReused,
-    /// The client reference names another job, asked for with a different request.
+    /// The client reference names a job asked for with a different request.
     ReferenceReused,
 }
 
+/// Inserts the job, unless an earlier request took its idempotency key or client reference
+/// (also when one races this one: the unique indexes decide).
 pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
-    if let Some(outcome) = find_earlier(db, &new).await? {
-        return Ok(outcome);
-    }
     let now = Utc::now();
     let (image_url, image_key, image_sha256, image_bytes, image_format, image_width, image_height) =
         match new.image.clone() {
@@ -111,10 +117,11 @@ pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
         lang: Set(new.lang.clone()),
     };
     match model.insert(db.writer()).await {
-        Ok(created) => Ok(InsertOutcome::Created(created)),
+        Ok(created) => Ok(InsertOutcome::Created(Box::new(created))),
         // Two requests with one key or reference raced; the other one won.
         Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-            find_earlier(db, &new).await?.ok_or(StoreError::Db(err))
+            let earlier = find_earlier(db, &new).await?.ok_or(StoreError::Db(err))?;
+            Ok(InsertOutcome::Earlier(earlier))
         }
         Err(err) => Err(err.into()),
     }
@@ -122,16 +129,16 @@ pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
 
 /// The job an earlier request with the same idempotency key, or else the same client
 /// reference, created: replayed when the request is the same, a conflict when not.
-pub async fn find_earlier(db: &Db, new: &NewJob) -> Result<Option<InsertOutcome>, StoreError> {
+pub async fn find_earlier(db: &Db, new: &NewJob) -> Result<Option<Earlier>, StoreError> {
     let fingerprint = &new.request_fingerprint;
     if let Some(key) = &new.idempotency_key {
         if let Some(existing) =
             find_by(db, new.partner_id, job::Column::IdempotencyKey, key).await?
         {
             return Ok(Some(if existing.request_fingerprint == *fingerprint {
-                InsertOutcome::Replayed(existing)
+                Earlier::Replayed(Box::new(existing))
             } else {
-                InsertOutcome::KeyReused
+                Earlier::KeyReused
             }));
         }
     }
@@ -139,9 +146,9 @@ pub async fn find_earlier(db: &Db, new: &NewJob) -> Result<Option<InsertOutcome>
         let column = job::Column::ClientReference;
         if let Some(existing) = find_by(db, new.partner_id, column, reference).await? {
             return Ok(Some(if existing.request_fingerprint == *fingerprint {
-                InsertOutcome::Replayed(existing)
+                Earlier::Replayed(Box::new(existing))
             } else {
-                InsertOutcome::ReferenceReused
+                Earlier::ReferenceReused
             }));
         }
     }
@@ -256,7 +263,8 @@ pub async fn list(
                 .filter(job::Column::UpdatedAt.gte(since))
                 .filter(job::Column::UpdatedAt.lte(until));
             if let Some((at, id)) = after {
-                query = query.filter(
+                // The first bound alone lets the index range start at the cursor.
+                query = query.filter(job::Column::UpdatedAt.gte(at)).filter(
                     Condition::any().add(job::Column::UpdatedAt.gt(at)).add(
                         Condition::all()
                             .add(job::Column::UpdatedAt.eq(at))
@@ -300,45 +308,60 @@ pub async fn object_is_referenced(
         > 0)
 }
 
-/// Deletes a partner's job (its deliveries and attempts go with it) and keeps a tombstone,
-/// in one transaction. False when the partner has no such job.
+/// Deletes a partner's job (its deliveries and attempts go with it) and keeps a tombstone
+/// that remembers its image key, in one transaction; the row is locked first, so a worker
+/// recording a fetched image either did so before (and the key is in the tombstone) or
+/// finds the row gone. Returns the tombstone, or None when the partner has no such job.
 pub async fn erase(
     db: &Db,
     partner_id: Uuid,
     id: Uuid,
     now: chrono::DateTime<Utc>,
-) -> Result<bool, StoreError> {
+) -> Result<Option<erased_job::Model>, StoreError> {
     let txn = db.writer().begin().await?;
-    let deleted = job::Entity::delete_many()
-        .filter(job::Column::Id.eq(id))
-        .filter(job::Column::PartnerId.eq(partner_id))
-        .exec(&txn)
-        .await?;
-    if deleted.rows_affected == 0 {
-        return Ok(false);
+    let mut query = job::Entity::find_by_id(id).filter(job::Column::PartnerId.eq(partner_id));
+    if db.is_postgres() {
+        query = query.lock_exclusive();
     }
-    erased_job::ActiveModel {
+    let Some(job) = query.one(&txn).await? else {
+        return Ok(None);
+    };
+    job::Entity::delete_by_id(id).exec(&txn).await?;
+    let tombstone = erased_job::ActiveModel {
         id: Set(id),
         partner_id: Set(partner_id),
         erased_at: Set(now),
+        image_key: Set(job.image_key),
     }
     .insert(&txn)
     .await?;
     txn.commit().await?;
-    Ok(true)
+    Ok(Some(tombstone))
 }
 
-/// When a partner's job was erased, if it was.
-pub async fn erased_at(
+/// A partner's erased job's tombstone, if it was erased.
+pub async fn erased(
     db: &Db,
     partner_id: Uuid,
     id: Uuid,
-) -> Result<Option<chrono::DateTime<Utc>>, StoreError> {
+) -> Result<Option<erased_job::Model>, StoreError> {
     Ok(erased_job::Entity::find_by_id(id)
         .filter(erased_job::Column::PartnerId.eq(partner_id))
-        .one(db.reader())
-        .await?
-        .map(|tombstone| tombstone.erased_at))
+        .one(db.writer())
+        .await?)
+}
+
+/// Records that an erased job's image is taken care of.
+pub async fn erased_image_done(db: &Db, id: Uuid) -> Result<(), StoreError> {
+    erased_job::Entity::update_many()
+        .col_expr(
+            erased_job::Column::ImageKey,
+            sea_orm::sea_query::Expr::value(Option::<String>::None),
+        )
+        .filter(erased_job::Column::Id.eq(id))
+        .exec(db.writer())
+        .await?;
+    Ok(())
 }
 
 /// Deletes jobs (their deliveries and attempts go with them); returns how many.

@@ -28,6 +28,7 @@ use crate::{
     outbound::GuardedClient,
     store::{
         deliveries::PayloadRenderer,
+        jobs,
         queue::{self, FetchedImage, Lease, Outcome},
         wakeups::{Wakeups, Work},
         Db,
@@ -428,8 +429,12 @@ impl JobWorker {
         self.objects
             .put(&image.key, bytes.clone(), header.format.mime())
             .await?;
-        if !queue::record_fetched_image(&self.db, lease, &image).await? {
-            // The job was erased (or changed hands) meanwhile: keep no image only it had.
+        if !queue::record_fetched_image(&self.db, lease, &image).await?
+            && jobs::find(&self.db, lease.job.partner_id, lease.job.id)
+                .await?
+                .is_none()
+        {
+            // The job was erased meanwhile: keep no image only it had.
             crate::intake::remove_if_orphaned(&self.db, self.objects.as_ref(), &image.key).await;
         }
         Ok((bytes, sha256))
