@@ -377,6 +377,10 @@ async fn a_rotated_key_works_alongside_the_old_one_until_the_overlap_ends() {
         "{overlap}"
     );
 
+    // The previous key cannot rotate: a leaked key cannot take over.
+    let response = app.post_json(&old, "/keys/rotate", json!({})).await;
+    assert_problem(response, 403, "current_key_required").await;
+
     // A second rotation ends the first one's overlap.
     let newest: Value = app
         .post_json(&new, "/keys/rotate", json!({}))

@@ -257,6 +257,22 @@ async fn json_of_the_wrong_shape_is_422() {
         )
         .await;
     assert_problem(response, 422, "diet_invalid").await;
+    // U+0000 is refused where a database could not keep it.
+    let response = app
+        .enqueue_json(
+            &app.key,
+            json!({"image_url": "https://cdn.example.com/a.jpg", "metadata": {"note": "a\u{0}b"}}),
+        )
+        .await;
+    assert_problem(response, 422, "metadata_invalid").await;
+    let response = app
+        .post_json(
+            &app.key,
+            "/webhooks",
+            json!({"url": "https://hooks.example.com/x", "description": "a\u{0}b"}),
+        )
+        .await;
+    assert_problem(response, 422, "validation_failed").await;
     let response = app
         .enqueue_json(
             &app.key,

@@ -13,7 +13,7 @@ pub struct CreateWebhookEndpoint {
     /// `http` or `https` URL on a public host; it receives `job.succeeded` and `job.failed`.
     pub url: HttpUrl,
     /// A note for yourself, up to 500 characters.
-    #[oai(validator(max_length = 500))]
+    #[oai(validator(max_length = 500, pattern = "^[^\\x00]*$"))]
     pub description: Option<String>,
 }
 
@@ -24,7 +24,7 @@ pub struct UpdateWebhookEndpoint {
     /// A new URL; deliveries not yet delivered go there too.
     pub url: Option<HttpUrl>,
     /// A new note, up to 500 characters; `null` removes it.
-    #[oai(nullable, validator(max_length = 500))]
+    #[oai(nullable, validator(max_length = 500, pattern = "^[^\\x00]*$"))]
     pub description: MaybeUndefined<String>,
     /// `false` stops deliveries to it; `true` re-enables it, and its undelivered
     /// deliveries become due now with a fresh schedule.
