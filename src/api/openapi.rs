@@ -258,15 +258,66 @@ fn describe_checked_parameters(spec: &mut Value) {
     }
 }
 
+/// An example on every schema, and on every operation's request and response bodies (the
+/// example of the schema each names), where clients and tools look for them.
 fn add_examples(spec: &mut Value) {
     let examples: BTreeMap<String, Value> =
         serde_json::from_str(EXAMPLES).expect("src/api/examples.json is JSON");
-    let Some(schemas) = spec["components"]["schemas"].as_object_mut() else {
+    if let Some(schemas) = spec
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        for (name, example) in &examples {
+            if let Some(schema) = schemas.get_mut(name).and_then(Value::as_object_mut) {
+                schema.insert("example".into(), example.clone());
+            }
+        }
+    }
+    let Some(paths) = spec.get_mut("paths").and_then(Value::as_object_mut) else {
         return;
     };
-    for (name, example) in examples {
-        if let Some(schema) = schemas.get_mut(&name).and_then(Value::as_object_mut) {
-            schema.insert("example".into(), example);
+    for operation in paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+    {
+        let example_of = |body: &Value| {
+            body.pointer("/schema/$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.rsplit('/').next())
+                .and_then(|name| examples.get(name))
+                .cloned()
+        };
+        let mut contents: Vec<&mut serde_json::Map<String, Value>> = Vec::new();
+        let Some(operation) = operation.as_object_mut() else {
+            continue;
+        };
+        for (key, value) in operation.iter_mut() {
+            match key.as_str() {
+                "requestBody" => {
+                    contents.extend(value.get_mut("content").and_then(Value::as_object_mut))
+                }
+                "responses" => contents.extend(
+                    value
+                        .as_object_mut()
+                        .into_iter()
+                        .flat_map(|responses| responses.iter_mut())
+                        .filter(|(status, _)| status.starts_with('2'))
+                        .filter_map(|(_, response)| response.get_mut("content"))
+                        .filter_map(Value::as_object_mut),
+                ),
+                _ => {}
+            }
+        }
+        for body in contents
+            .into_iter()
+            .flat_map(|content| content.values_mut())
+        {
+            if let Some(example) = example_of(body) {
+                if let Some(body) = body.as_object_mut() {
+                    body.insert("example".into(), example);
+                }
+            }
         }
     }
 }

@@ -552,6 +552,29 @@ async fn every_schema_has_an_example_that_fits_it() {
         platescore::api::schema_check::check(example, schema, &resolve)
             .unwrap_or_else(|why| panic!("the example of {name} does not fit: {why}"));
     }
+    // Every operation's JSON bodies, sent and answered, show theirs.
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = operation["responses"].as_object().unwrap();
+            let bodies = operation["requestBody"]["content"]
+                .as_object()
+                .into_iter()
+                .chain(
+                    responses
+                        .iter()
+                        .filter(|(status, _)| status.starts_with('2'))
+                        .filter_map(|(_, r)| r["content"].as_object()),
+                )
+                .flat_map(|content| content.iter())
+                .filter(|(media, _)| media.contains("json") || media.contains("multipart"));
+            for (media, body) in bodies {
+                assert!(
+                    body.get("example").is_some(),
+                    "{method} {path} ({media}): no example"
+                );
+            }
+        }
+    }
     // And examples are not decoration: a broken one is caught.
     let job = schemas["Job"].clone();
     let mut broken = job["example"].clone();
