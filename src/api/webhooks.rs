@@ -87,6 +87,11 @@ fn endpoint_not_found(id: &str) -> ApiProblem {
     )
 }
 
+/// An endpoint id from the path; one that is not a UUID names no endpoint.
+fn endpoint_id(id: &str) -> Result<Uuid, ApiProblem> {
+    Uuid::parse_str(id).map_err(|_| endpoint_not_found(id))
+}
+
 #[OpenApi(tag = "ApiTags::Webhooks")]
 impl WebhooksApi {
     /// Register a webhook endpoint.
@@ -149,7 +154,7 @@ impl WebhooksApi {
         auth: PartnerAuth,
         id: Path<String>,
     ) -> ApiResult<DeletedResponse> {
-        let uuid = Uuid::parse_str(&id.0).map_err(|_| endpoint_not_found(&id.0))?;
+        let uuid = endpoint_id(&id.0)?;
         if endpoints::delete(&state.db, auth.partner().id, uuid).await? {
             Ok(DeletedResponse::Deleted)
         } else {
@@ -173,7 +178,7 @@ impl WebhooksApi {
         id: Path<String>,
         body: JsonBody<UpdateWebhookEndpoint>,
     ) -> ApiResult<UpdatedResponse> {
-        let uuid = Uuid::parse_str(&id.0).map_err(|_| endpoint_not_found(&id.0))?;
+        let uuid = endpoint_id(&id.0)?;
         let body = body.0;
         let url = body
             .url
@@ -210,7 +215,7 @@ impl WebhooksApi {
         auth: PartnerAuth,
         id: Path<String>,
     ) -> ApiResult<TestResponse> {
-        let uuid = Uuid::parse_str(&id.0).map_err(|_| endpoint_not_found(&id.0))?;
+        let uuid = endpoint_id(&id.0)?;
         let endpoint = endpoints::list(&state.db, auth.partner().id)
             .await?
             .into_iter()
@@ -264,7 +269,7 @@ impl WebhooksApi {
         auth: PartnerAuth,
         id: Path<String>,
     ) -> ApiResult<SecretResponse> {
-        let uuid = Uuid::parse_str(&id.0).map_err(|_| endpoint_not_found(&id.0))?;
+        let uuid = endpoint_id(&id.0)?;
         let secret = WebhookSecret::generate().expose();
         let rotated = endpoints::rotate_secret(
             &state.db,
