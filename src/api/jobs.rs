@@ -332,7 +332,7 @@ impl JobsApi {
             Some(since) => PageOrder::ChangedSince {
                 since,
                 after: cursor.map(|c| (c.updated_at, c.job_id)),
-                until: chrono::Utc::now() - CHANGE_SETTLING,
+                until: state.db.now().await - CHANGE_SETTLING,
             },
             None => PageOrder::NewestFirst {
                 before: cursor.map(|c| c.job_id),

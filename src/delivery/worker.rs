@@ -83,7 +83,7 @@ impl DeliveryWorker {
             while in_flight.try_join_next().is_some() {}
             if last_rescue.is_none_or(|at| at.elapsed() >= self.settings.lease / 2) {
                 last_rescue = Some(Instant::now());
-                if let Err(err) = deliveries::rescue_expired(&self.db, Utc::now()).await {
+                if let Err(err) = deliveries::rescue_expired(&self.db, self.db.now().await).await {
                     tracing::warn!(error = %err, "rescuing deliveries failed");
                 }
             }
@@ -92,16 +92,20 @@ impl DeliveryWorker {
                 permit = slots.clone().acquire_owned() => permit.expect("never closed"),
             };
             let free = slots.available_permits() + 1;
-            let claimed =
-                match deliveries::claim_due(&self.db, Utc::now(), free as u64, self.settings.lease)
-                    .await
-                {
-                    Ok(claimed) => claimed,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "claiming deliveries failed");
-                        Vec::new()
-                    }
-                };
+            let claimed = match deliveries::claim_due(
+                &self.db,
+                self.db.now().await,
+                free as u64,
+                self.settings.lease,
+            )
+            .await
+            {
+                Ok(claimed) => claimed,
+                Err(err) => {
+                    tracing::warn!(error = %err, "claiming deliveries failed");
+                    Vec::new()
+                }
+            };
             let idle = claimed.is_empty();
             let endpoints = self.endpoints_of(&claimed).await;
             let mut permit = Some(permit);
@@ -163,7 +167,7 @@ impl DeliveryWorker {
         endpoint: Option<webhook_endpoint::Model>,
         recorder: mpsc::Sender<(AttemptOutcome, oneshot::Sender<bool>)>,
     ) -> Result<(), StoreError> {
-        let now = Utc::now();
+        let now = self.db.now().await;
         if lease.delivery.endpoint_id.is_some() && endpoint.is_none() {
             return Err(StoreError::Setup(
                 "the delivery's endpoint is missing".into(),
@@ -214,7 +218,7 @@ impl DeliveryWorker {
             Verdict::Failed { retry_after } => self
                 .settings
                 .schedule
-                .next_attempt(attempts_made, retry_after, Utc::now())
+                .next_attempt(attempts_made, retry_after, self.db.now().await)
                 .map_or(NextStep::GiveUp, NextStep::RetryAt),
         };
         let health = match verdict {
@@ -412,8 +416,12 @@ async fn record_outcomes(
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
         let (pending, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-        let held: Vec<Option<bool>> = match deliveries::record_attempts(&db, &pending, Utc::now())
-            .await
+        let held: Vec<Option<bool>> = match deliveries::record_attempts(
+            &db,
+            &pending,
+            db.now().await,
+        )
+        .await
         {
             Ok(held) => held.into_iter().map(Some).collect(),
             // One bad outcome must not sink the others: try them one by one.
@@ -421,9 +429,12 @@ async fn record_outcomes(
                 tracing::warn!(error = %err, outcomes = pending.len(), "recording delivery attempts together failed; recording them one by one");
                 let mut held = Vec::with_capacity(pending.len());
                 for outcome in &pending {
-                    let one =
-                        deliveries::record_attempts(&db, std::slice::from_ref(outcome), Utc::now())
-                            .await;
+                    let one = deliveries::record_attempts(
+                        &db,
+                        std::slice::from_ref(outcome),
+                        db.now().await,
+                    )
+                    .await;
                     if let Err(err) = &one {
                         tracing::warn!(error = %err, delivery_id = %outcome.lease.delivery.id, "recording a delivery attempt failed");
                     }

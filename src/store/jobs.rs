@@ -62,7 +62,7 @@ pub enum Earlier {
 /// Inserts the job, unless an earlier request took its idempotency key or client reference
 /// (also when one races this one: the unique indexes decide).
 pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
-    let now = Utc::now();
+    let now = db.now().await;
     let (image_url, image_key, image_sha256, image_bytes, image_format, image_width, image_height) =
         match new.image.clone() {
             NewJobImage::Url(url) => (Some(url), None, None, None, None, None, None),

@@ -13,7 +13,11 @@ pub mod reconcile_runs;
 pub mod stats;
 pub mod wakeups;
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
 
@@ -44,6 +48,20 @@ pub(crate) fn lease_end(now: DateTime<Utc>, lease_for: Duration) -> DateTime<Utc
 pub struct Db {
     read: DatabaseConnection,
     write: DatabaseConnection,
+    clock: Arc<DbClock>,
+}
+
+/// How long a reading of PostgreSQL's clock is trusted before it is read again.
+const CLOCK_REFRESH: Duration = Duration::from_secs(30);
+
+/// The database's clock, which leases and due times are compared against: nodes' clocks may
+/// drift apart, the database has one. PostgreSQL's is read at most every [`CLOCK_REFRESH`]
+/// and kept as an offset from this node's clock; SQLite lives on this node, so its clock is
+/// this node's.
+#[derive(Debug, Default)]
+struct DbClock {
+    /// (database time minus local time, when it was measured).
+    offset: Mutex<Option<(chrono::Duration, Instant)>>,
 }
 
 impl Db {
@@ -67,7 +85,11 @@ impl Db {
             };
             let write = Database::connect(sqlite(1)).await?;
             let read = Database::connect(sqlite(max_connections)).await?;
-            Ok(Self { read, write })
+            Ok(Self {
+                read,
+                write,
+                clock: Arc::default(),
+            })
         } else {
             let mut options = ConnectOptions::new(url.to_string());
             options
@@ -78,6 +100,7 @@ impl Db {
             Ok(Self {
                 read: pool.clone(),
                 write: pool,
+                clock: Arc::default(),
             })
         }
     }
@@ -90,6 +113,46 @@ impl Db {
     /// The connection for writes; on SQLite the single writer.
     pub fn writer(&self) -> &DatabaseConnection {
         &self.write
+    }
+
+    /// The database's current time (see [`DbClock`]). When PostgreSQL cannot be read, the
+    /// last known offset is kept (or none, at first), so callers always get a time.
+    pub async fn now(&self) -> DateTime<Utc> {
+        if !self.is_postgres() {
+            return Utc::now();
+        }
+        let known = *self.clock.offset.lock().expect("never poisoned");
+        let offset = match known {
+            Some((offset, at)) if at.elapsed() < CLOCK_REFRESH => offset,
+            _ => match self.read_clock_offset().await {
+                Ok(offset) => {
+                    *self.clock.offset.lock().expect("never poisoned") =
+                        Some((offset, Instant::now()));
+                    offset
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "reading the database clock failed");
+                    known.map(|(offset, _)| offset).unwrap_or_default()
+                }
+            },
+        };
+        Utc::now() + offset
+    }
+
+    /// PostgreSQL's clock minus this node's, taken at the middle of the round trip.
+    async fn read_clock_offset(&self) -> Result<chrono::Duration, StoreError> {
+        let before = Utc::now();
+        let row = self
+            .read
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT clock_timestamp() AS now",
+            ))
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound("clock_timestamp()".into()))?;
+        let database: DateTime<Utc> = row.try_get("", "now")?;
+        let after = Utc::now();
+        Ok(database - (before + (after - before) / 2))
     }
 
     pub fn is_postgres(&self) -> bool {

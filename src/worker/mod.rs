@@ -152,7 +152,7 @@ impl JobWorker {
                 last_rescue = Some(Instant::now());
                 let rescued = queue::rescue_expired(
                     &self.db,
-                    Utc::now(),
+                    self.db.now().await,
                     self.settings.max_attempts,
                     &self.render,
                 )
@@ -172,14 +172,20 @@ impl JobWorker {
                 permit = slots.clone().acquire_owned() => permit.expect("never closed"),
             };
             let free = slots.available_permits() + 1;
-            let claimed =
-                match queue::claim(&self.db, Utc::now(), free as u64, self.settings.lease).await {
-                    Ok(claimed) => claimed,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "claiming jobs failed");
-                        Vec::new()
-                    }
-                };
+            let claimed = match queue::claim(
+                &self.db,
+                self.db.now().await,
+                free as u64,
+                self.settings.lease,
+            )
+            .await
+            {
+                Ok(claimed) => claimed,
+                Err(err) => {
+                    tracing::warn!(error = %err, "claiming jobs failed");
+                    Vec::new()
+                }
+            };
             let idle = claimed.is_empty();
             let mut permit = Some(permit);
             for lease in claimed {
@@ -235,7 +241,7 @@ impl JobWorker {
             let results = match queue::finish_many(
                 &self.db,
                 pending.clone(),
-                Utc::now(),
+                self.db.now().await,
                 &self.render,
             )
             .await
@@ -268,7 +274,7 @@ impl JobWorker {
     }
 
     async fn finish_one(&self, outcome: (Lease, Outcome)) -> Option<Option<usize>> {
-        match queue::finish_many(&self.db, vec![outcome], Utc::now(), &self.render).await {
+        match queue::finish_many(&self.db, vec![outcome], self.db.now().await, &self.render).await {
             Ok(mut results) => results.pop(),
             Err(err) => {
                 tracing::warn!(error = %err, "recording a job outcome failed; the lease will expire and the job be retried");
@@ -296,7 +302,7 @@ impl JobWorker {
                     worked = &mut work => break Some(worked),
                     _ = release.cancelled() => break None,
                     _ = heartbeat.tick() => {
-                        match queue::heartbeat(&self.db, &lease, Utc::now(), self.settings.lease).await {
+                        match queue::heartbeat(&self.db, &lease, self.db.now().await, self.settings.lease).await {
                             Ok(true) => {}
                             Ok(false) => {
                                 tracing::warn!("lost the lease; another worker has the job");
@@ -308,7 +314,7 @@ impl JobWorker {
                 }
             }
         };
-        let now = Utc::now();
+        let now = self.db.now().await;
         let Some(worked) = worked else {
             if let Err(err) = queue::release(&self.db, &lease, now).await {
                 tracing::warn!(error = %err, "releasing the job failed; its lease will expire");
