@@ -43,6 +43,8 @@ pub struct Model {
     pub delivered_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// The queue's fair order: claims take the lowest turn first (see the store's `fair`).
+    pub turn: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -62,6 +62,8 @@ pub struct Model {
     pub diets: Option<String>,
     /// Language of the tips (`en` when absent).
     pub lang: Option<String>,
+    /// The queue's fair order: claims take the lowest turn first (see the store's `fair`).
+    pub turn: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

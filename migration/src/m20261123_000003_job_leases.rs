@@ -70,7 +70,7 @@ impl MigrationTrait for Migration {
 }
 
 #[derive(DeriveIden)]
-enum Leases {
+pub(crate) enum Leases {
     RunAt,
     LeaseToken,
     LeaseExpiresAt,

@@ -260,7 +260,7 @@ enum WebhookEndpoints {
 }
 
 #[derive(DeriveIden)]
-enum Deliveries {
+pub(crate) enum Deliveries {
     Table,
     Id,
     JobId,

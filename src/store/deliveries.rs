@@ -17,7 +17,10 @@ use sea_orm::{
     TransactionTrait,
 };
 
-use super::{lease_end, Db, StoreError};
+use super::{
+    fair::{self, FairQueue},
+    lease_end, Db, StoreError,
+};
 
 /// Renders the webhook body of a finished job: the job as the API shows it, plus its event
 /// `type`. Given by the composition root, so the store knows nothing of the API.
@@ -60,6 +63,7 @@ pub(super) fn rows_for_job(
     endpoints: &Destinations,
     render: &PayloadRenderer,
     now: DateTime<Utc>,
+    turn: i64,
 ) -> Vec<delivery::ActiveModel> {
     let destinations = match &job.webhook_url {
         Some(url) => vec![(None, url.clone())],
@@ -90,6 +94,7 @@ pub(super) fn rows_for_job(
             delivered_at: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
+            turn: Set(turn),
         })
         .collect()
 }
@@ -119,7 +124,8 @@ pub(super) async fn enqueue_for_job<C: ConnectionTrait>(
         Some(_) => Vec::new(),
         None => partner_destinations(conn, job.partner_id).await?,
     };
-    insert_rows(conn, rows_for_job(job, &endpoints, render, now)).await
+    let turn = fair::next_turn(conn, FairQueue::Deliveries, job.partner_id).await?;
+    insert_rows(conn, rows_for_job(job, &endpoints, render, now, turn)).await
 }
 
 /// A delivery held by a delivery worker.
@@ -383,9 +389,12 @@ pub async fn redeliver(
         txn.commit().await?;
         return Ok(count);
     }
-    // Deliveries being sent right now are left to finish their attempt.
+    // Deliveries being sent right now are left to finish their attempt. The others queue
+    // again behind the partner's waiting deliveries, not ahead of everyone.
+    let turn = fair::next_turn(&txn, FairQueue::Deliveries, job.partner_id).await?;
     let reset = due_again(now)
         .col_expr(delivery::Column::Attempts, Expr::value(0))
+        .col_expr(delivery::Column::Turn, Expr::value(turn))
         .filter(delivery::Column::JobId.eq(job.id))
         .filter(delivery::Column::Status.ne(DeliveryStatus::Sending))
         .exec(&txn)

@@ -10,7 +10,10 @@ use sea_orm::{
     prelude::*, ActiveValue::Set, Condition, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
 };
 
-use super::{Db, StoreError};
+use super::{
+    fair::{self, FairQueue},
+    Db, StoreError,
+};
 
 /// Everything enqueue knows about a new job.
 #[derive(Debug, Clone)]
@@ -83,6 +86,7 @@ pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
                 Some(height),
             ),
         };
+    let turn = fair::next_turn(db.reader(), FairQueue::Jobs, new.partner_id).await?;
     let model = job::ActiveModel {
         id: Set(Uuid::now_v7()),
         partner_id: Set(new.partner_id),
@@ -115,6 +119,7 @@ pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
         model_version: Set(None),
         diets: Set(new.diets.clone()),
         lang: Set(new.lang.clone()),
+        turn: Set(turn),
     };
     match model.insert(db.writer()).await {
         Ok(created) => Ok(InsertOutcome::Created(Box::new(created))),

@@ -5,6 +5,7 @@
 
 pub mod deliveries;
 pub mod endpoints;
+mod fair;
 pub mod jobs;
 pub mod overview;
 pub mod partners;

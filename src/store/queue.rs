@@ -19,6 +19,7 @@ use sea_orm::{
 
 use super::{
     deliveries::{self, PayloadRenderer},
+    fair::{FairQueue, Turns},
     lease_end, Db, StoreError,
 };
 
@@ -29,7 +30,7 @@ pub struct Lease {
     pub token: Uuid,
 }
 
-/// Claims up to `limit` due jobs, oldest first.
+/// Claims up to `limit` due jobs, lowest turn first (fair between partners: see `fair`).
 pub async fn claim(
     db: &Db,
     now: DateTime<Utc>,
@@ -43,7 +44,7 @@ pub async fn claim(
         DbBackend::Postgres => {
             "WITH picked AS MATERIALIZED (
                  SELECT id FROM jobs WHERE status = 'queued' AND run_at <= $1
-                 ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 ORDER BY turn, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
              UPDATE jobs SET status = 'in_progress', lease_token = $3, lease_expires_at = $4,
                  attempts = attempts + 1, started_at = COALESCE(started_at, $1), updated_at = $1
              FROM picked WHERE jobs.id = picked.id
@@ -53,7 +54,7 @@ pub async fn claim(
             "UPDATE jobs SET status = 'in_progress', lease_token = $3, lease_expires_at = $4,
                  attempts = attempts + 1, started_at = COALESCE(started_at, $1), updated_at = $1
              WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= $1
-                          ORDER BY run_at, id LIMIT $2)
+                          ORDER BY turn, run_at, id LIMIT $2)
              RETURNING *"
         }
     };
@@ -152,6 +153,7 @@ pub async fn finish_many(
     let mut rows = Vec::new();
     let mut endpoints_of: std::collections::HashMap<Uuid, deliveries::Destinations> =
         std::collections::HashMap::new();
+    let mut turns = Turns::new(FairQueue::Deliveries);
     for (lease, outcome) in outcomes {
         let is_final = !matches!(outcome, Outcome::Retry { .. });
         let updated = outcome_update(outcome, now)
@@ -172,7 +174,8 @@ pub async fn finish_many(
         }
         let empty = Vec::new();
         let endpoints = endpoints_of.get(&job.partner_id).unwrap_or(&empty);
-        let job_rows = deliveries::rows_for_job(&job, endpoints, render, now);
+        let turn = turns.take(&txn, job.partner_id).await?;
+        let job_rows = deliveries::rows_for_job(&job, endpoints, render, now, turn);
         results.push(Some(job_rows.len()));
         rows.extend(job_rows);
     }

@@ -257,6 +257,7 @@ async fn stats_are_right_on_seeded_data_per_partner_and_for_admins() {
             delivered_at: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
+            turn: Set(0),
         }
         .insert(app.db.writer())
         .await
