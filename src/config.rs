@@ -130,6 +130,9 @@ pub struct Config {
     pub webhook_retry_jitter: f64,
     /// Webhook attempts in flight at once per node.
     pub webhook_concurrency: usize,
+    /// Webhook attempts in flight at once per receiver URL per node, so a slow receiver
+    /// holds no more than this many of the node's `webhook_concurrency` slots.
+    pub webhook_receiver_concurrency: usize,
     /// When reconciliation runs: 6 fields, seconds first.
     pub reconcile_cron: String,
     /// IANA timezone the cron expression is read in.
@@ -196,6 +199,7 @@ impl Default for Config {
             webhook_retry_schedule: "5s,5m,30m,2h,5h,10h,10h".into(),
             webhook_retry_jitter: 0.2,
             webhook_concurrency: 64,
+            webhook_receiver_concurrency: 4,
             reconcile_cron: "0 0 3 * * *".into(),
             reconcile_timezone: "UTC".into(),
             stale_job_minutes: 60,
@@ -259,6 +263,10 @@ impl Config {
             ("poll_interval_ms", self.poll_interval_ms),
             ("webhook_timeout_ms", self.webhook_timeout_ms),
             ("webhook_concurrency", self.webhook_concurrency as u64),
+            (
+                "webhook_receiver_concurrency",
+                self.webhook_receiver_concurrency as u64,
+            ),
             ("retention_days", self.retention_days),
         ] {
             if value == 0 {
@@ -309,6 +317,7 @@ impl Config {
         Ok(DeliverySettings {
             schedule: self.retry_schedule()?,
             concurrency: self.webhook_concurrency,
+            receiver_concurrency: self.webhook_receiver_concurrency,
             // An attempt ends within its timeout; the rest covers loading its endpoint,
             // waiting for the group commit, and clock skew between nodes.
             lease: Duration::from_millis(self.webhook_timeout_ms * 2 + 10_000),

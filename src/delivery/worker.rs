@@ -1,7 +1,11 @@
 //! Delivery workers: claim due deliveries from the outbox, sign and POST them, and record
 //! each attempt and what comes next (delivered, retry later, or give up).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use entity::{delivery, webhook_endpoint};
@@ -37,6 +41,8 @@ pub struct DeliverySettings {
     pub schedule: RetrySchedule,
     /// Deliveries in flight at once on this node.
     pub concurrency: usize,
+    /// Deliveries in flight at once per receiver URL on this node.
+    pub receiver_concurrency: usize,
     pub lease: Duration,
     pub poll_interval: Duration,
 }
@@ -45,7 +51,57 @@ pub struct DeliveryWorker {
     db: Db,
     client: GuardedClient,
     wakeups: Arc<Wakeups>,
+    receivers: Arc<ReceiverSlots>,
     settings: DeliverySettings,
+}
+
+/// Deliveries in flight per receiver URL on this node, each URL held to a cap.
+#[derive(Debug)]
+struct ReceiverSlots {
+    cap: usize,
+    busy: Mutex<HashMap<String, usize>>,
+}
+
+/// One delivery's place at its receiver; given back when dropped.
+struct ReceiverSlot {
+    slots: Arc<ReceiverSlots>,
+    url: String,
+}
+
+impl ReceiverSlots {
+    /// The URLs at their cap, for the claim to skip.
+    fn saturated(&self) -> Vec<String> {
+        let busy = self.busy.lock().expect("never poisoned");
+        busy.iter()
+            .filter(|(_, &n)| n >= self.cap)
+            .map(|(url, _)| url.clone())
+            .collect()
+    }
+
+    fn try_take(self: &Arc<Self>, url: &str) -> Option<ReceiverSlot> {
+        let mut busy = self.busy.lock().expect("never poisoned");
+        let n = busy.entry(url.to_string()).or_default();
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(ReceiverSlot {
+            slots: self.clone(),
+            url: url.to_string(),
+        })
+    }
+}
+
+impl Drop for ReceiverSlot {
+    fn drop(&mut self) {
+        let mut busy = self.slots.busy.lock().expect("never poisoned");
+        if let Some(n) = busy.get_mut(&self.url) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(&self.url);
+            }
+        }
+    }
 }
 
 /// What one HTTP attempt came to.
@@ -67,6 +123,10 @@ impl DeliveryWorker {
             db,
             client,
             wakeups,
+            receivers: Arc::new(ReceiverSlots {
+                cap: settings.receiver_concurrency.max(1),
+                busy: Mutex::default(),
+            }),
             settings,
         })
     }
@@ -92,11 +152,14 @@ impl DeliveryWorker {
                 permit = slots.clone().acquire_owned() => permit.expect("never closed"),
             };
             let free = slots.available_permits() + 1;
-            let claimed = match deliveries::claim_due(
+            let saturated = self.receivers.saturated();
+            let skip: Vec<&str> = saturated.iter().map(String::as_str).collect();
+            let claimed_all = match deliveries::claim_due(
                 &self.db,
                 self.db.now().await,
                 free as u64,
                 self.settings.lease,
+                &skip,
             )
             .await
             {
@@ -106,10 +169,23 @@ impl DeliveryWorker {
                     Vec::new()
                 }
             };
+            // A claim may hold more for one receiver than its cap allows: those go back.
+            let (mut claimed, mut over_cap) = (Vec::new(), Vec::new());
+            for lease in claimed_all {
+                match self.receivers.try_take(&lease.delivery.url) {
+                    Some(slot) => claimed.push((lease, slot)),
+                    None => over_cap.push(lease),
+                }
+            }
+            if let Err(err) = deliveries::release(&self.db, &over_cap, self.db.now().await).await {
+                tracing::warn!(error = %err, "putting back deliveries over their receiver's cap failed; their leases will expire");
+            }
             let idle = claimed.is_empty();
-            let endpoints = self.endpoints_of(&claimed).await;
+            let endpoints = self
+                .endpoints_of(claimed.iter().map(|(lease, _)| lease))
+                .await;
             let mut permit = Some(permit);
-            for lease in claimed {
+            for (lease, receiver_slot) in claimed {
                 let permit = match permit.take() {
                     Some(p) => p,
                     None => slots.clone().acquire_owned().await.expect("never closed"),
@@ -125,6 +201,7 @@ impl DeliveryWorker {
                     if let Err(err) = worker.deliver(lease, endpoint, recorder).await {
                         tracing::warn!(delivery_id = %id, error = %err, "recording a delivery failed; its lease will expire and it be retried");
                     }
+                    drop(receiver_slot);
                     drop(permit);
                 });
             }
@@ -142,14 +219,11 @@ impl DeliveryWorker {
     }
 
     /// The endpoints of a claimed batch, in one query.
-    async fn endpoints_of(
+    async fn endpoints_of<'a>(
         &self,
-        claimed: &[DeliveryLease],
+        claimed: impl Iterator<Item = &'a DeliveryLease>,
     ) -> HashMap<Uuid, webhook_endpoint::Model> {
-        let ids: Vec<Uuid> = claimed
-            .iter()
-            .filter_map(|l| l.delivery.endpoint_id)
-            .collect();
+        let ids: Vec<Uuid> = claimed.filter_map(|l| l.delivery.endpoint_id).collect();
         match endpoints::find_many(&self.db, &ids).await {
             Ok(found) => found.into_iter().map(|e| (e.id, e)).collect(),
             Err(err) => {

@@ -135,12 +135,14 @@ pub struct DeliveryLease {
     pub token: Uuid,
 }
 
-/// Claims up to `limit` due deliveries, oldest due first.
+/// Claims up to `limit` due deliveries, lowest turn first (fair between partners: see
+/// `fair`), except those to the URLs in `skip` (receivers at their concurrency cap).
 pub async fn claim_due(
     db: &Db,
     now: DateTime<Utc>,
     limit: u64,
     lease_for: Duration,
+    skip: &[&str],
 ) -> Result<Vec<DeliveryLease>, StoreError> {
     let token = Uuid::new_v4();
     let backend = db.backend();
@@ -148,7 +150,8 @@ pub async fn claim_due(
         DbBackend::Postgres => {
             "WITH picked AS MATERIALIZED (
                  SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $1
-                 ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                     AND url NOT IN (SELECT jsonb_array_elements_text($5::jsonb))
+                 ORDER BY turn, next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
              UPDATE deliveries SET status = 'sending', lease_token = $3, lease_expires_at = $4,
                  updated_at = $1
              FROM picked WHERE deliveries.id = picked.id
@@ -158,7 +161,9 @@ pub async fn claim_due(
             "UPDATE deliveries SET status = 'sending', lease_token = $3, lease_expires_at = $4,
                  updated_at = $1
              WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending'
-                          AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2)
+                          AND next_attempt_at <= $1
+                          AND url NOT IN (SELECT value FROM json_each($5))
+                          ORDER BY turn, next_attempt_at, id LIMIT $2)
              RETURNING *"
         }
     };
@@ -170,6 +175,9 @@ pub async fn claim_due(
             (limit as i64).into(),
             token.into(),
             lease_end(now, lease_for).into(),
+            serde_json::to_string(skip)
+                .unwrap_or_else(|_| "[]".into())
+                .into(),
         ],
     );
     let rows = db.writer().query_all_raw(statement).await?;
@@ -181,6 +189,43 @@ pub async fn claim_due(
             })
         })
         .collect()
+}
+
+/// Puts claimed deliveries back, untried, due when they were (their receiver is at its
+/// concurrency cap on this node).
+pub async fn release(
+    db: &Db,
+    leases: &[DeliveryLease],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if leases.is_empty() {
+        return Ok(());
+    }
+    delivery::Entity::update_many()
+        .col_expr(
+            delivery::Column::Status,
+            Expr::value(DeliveryStatus::Pending),
+        )
+        .col_expr(
+            delivery::Column::LeaseToken,
+            Expr::value(Option::<Uuid>::None),
+        )
+        .col_expr(
+            delivery::Column::LeaseExpiresAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
+        .filter(delivery::Column::Status.eq(DeliveryStatus::Sending))
+        .filter(leases.iter().fold(sea_orm::Condition::any(), |any, lease| {
+            any.add(
+                sea_orm::Condition::all()
+                    .add(delivery::Column::Id.eq(lease.delivery.id))
+                    .add(delivery::Column::LeaseToken.eq(lease.token)),
+            )
+        }))
+        .exec(db.writer())
+        .await?;
+    Ok(())
 }
 
 /// What one attempt saw.

@@ -159,6 +159,7 @@ async fn seed(app: &TestApp) -> Seeded {
         created_at: Set(at(2, 2_000)),
         // Touched after its last attempt (by the reconciliation).
         updated_at: Set(at(4, 0)),
+        turn: Set(0),
     }
     .insert(app.db.writer())
     .await

@@ -5,6 +5,7 @@ mod contract;
 mod dashboard;
 mod enqueue;
 mod errors;
+mod fairness;
 mod health;
 mod helpers;
 mod lifecycle;

@@ -80,6 +80,28 @@ struct State {
     script: Mutex<VecDeque<Reply>>,
     received: Mutex<Vec<Received>>,
     arrived: Notify,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: Mutex<(usize, usize)>,
+    /// Ends every `Slow` reply at once.
+    released: tokio_util::sync::CancellationToken,
+}
+
+/// Counts a request as in flight until dropped.
+struct InFlight<'a>(&'a State);
+
+impl<'a> InFlight<'a> {
+    fn start(state: &'a State) -> Self {
+        let mut counts = state.in_flight.lock().unwrap();
+        counts.0 += 1;
+        counts.1 = counts.1.max(counts.0);
+        Self(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.lock().unwrap().0 -= 1;
+    }
 }
 
 pub struct Receiver {
@@ -89,6 +111,7 @@ pub struct Receiver {
 
 #[handler]
 async fn receive(state: Data<&Arc<State>>, headers: &HeaderMap, body: Body) -> Response {
+    let _in_flight = InFlight::start(&state);
     let body = body.into_vec().await.unwrap_or_default();
     state.received.lock().unwrap().push(Received {
         headers: headers.clone(),
@@ -108,7 +131,10 @@ async fn receive(state: Data<&Arc<State>>, headers: &HeaderMap, body: Body) -> R
             Response::builder().body("")
         }
         Reply::Slow(ms) => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                _ = state.released.cancelled() => {}
+            }
             Response::builder().body("thanks")
         }
         Reply::Redirect(to) => Response::builder()
@@ -147,6 +173,21 @@ impl Receiver {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
+    }
+
+    /// The most requests that were ever being answered at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.state.in_flight.lock().unwrap().1
+    }
+
+    /// Requests answered so far (arrived and no longer in flight).
+    pub fn answered(&self) -> usize {
+        self.received().len() - self.state.in_flight.lock().unwrap().0
+    }
+
+    /// Ends every `Slow` reply now, and every later one at once.
+    pub fn release(&self) {
+        self.state.released.cancel();
     }
 
     /// Waits until at least `n` requests have arrived (at most 60 s).

@@ -153,6 +153,7 @@ async fn reconciliation_fixes_seeded_stale_states_once_per_slot() {
             delivered_at: sea_orm::Set(None),
             created_at: sea_orm::Set(hours_ago(1)),
             updated_at: sea_orm::Set(hours_ago(1)),
+            turn: sea_orm::Set(0),
         })
         .exec(app.db.writer())
         .await
