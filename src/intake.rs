@@ -152,6 +152,7 @@ impl Intake {
             .map(check_client_reference)
             .transpose()?;
 
+        let job_id = Uuid::now_v7();
         let (image, upload) = match request.image {
             None => return Err(IntakeError::NoImage),
             Some(ImageSource::Url(url)) => {
@@ -162,7 +163,7 @@ impl Intake {
                 let header = imaging::inspect(&upload.bytes, self.limits.max_image_pixels)?;
                 let sha256 = hex::encode(upload.sha256);
                 let image = NewJobImage::Stored {
-                    key: objects::image_key(&sha256),
+                    key: objects::image_key(partner_id, job_id),
                     sha256,
                     bytes: upload.bytes.len() as i64,
                     format: header.format.as_str().to_string(),
@@ -174,6 +175,7 @@ impl Intake {
         };
 
         let new_job = NewJob {
+            id: job_id,
             partner_id,
             request_fingerprint: fingerprint(
                 &image,
@@ -213,7 +215,7 @@ impl Intake {
                 self.wakeups.announce(Work::Jobs).await;
                 Ok(Enqueued::Created(*job))
             }
-            // A request racing this one won: the image written here may be no job's.
+            // A request racing this one won: the image written here is no job's.
             Ok(InsertOutcome::Earlier(earlier)) => {
                 if let Some(key) = stored_key {
                     remove_if_orphaned(&self.db, self.objects.as_ref(), &key).await;
@@ -230,7 +232,8 @@ impl Intake {
     }
 
     /// Erases a partner's job: the job with its result and deliveries (leaving a tombstone),
-    /// then its stored image, unless another job, of any partner, uses the same bytes. A
+    /// then its stored image (an image stored by an earlier release under its hash goes only
+    /// with the last job using it). A
     /// worker holding the job loses its lease: what it produces is dropped. When deleting the
     /// image fails, the tombstone keeps its key and erasing again finishes the work. Returns
     /// false when there is nothing (left) to erase.

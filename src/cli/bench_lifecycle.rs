@@ -363,6 +363,7 @@ pub async fn delivery(config: &Config, count: usize) -> anyhow::Result<()> {
             let created = jobs::insert(
                 &bench.db,
                 NewJob {
+                    id: uuid::Uuid::now_v7(),
                     partner_id: bench.partner_id,
                     image: NewJobImage::Url(format!("https://example.com/{i}.jpg")),
                     webhook_url: None,

@@ -1,6 +1,9 @@
 //! Object storage for uploaded images: a local folder or any S3-compatible bucket.
-//! Keys are content-addressed (`images/sha256/ab/abcd…`), so writing the same image twice
-//! is harmless and a key never changes meaning.
+//! Each job's image has a key of its own (`images/<partner id>/<job id>`), so deleting one
+//! job's image can never take another job's, however their uploads and deletions interleave
+//! (identical uploads are stored once per job). Images written by earlier releases keep their
+//! content-addressed keys (`images/sha256/ab/abcd…`) and go when their last job goes: no new
+//! job refers to them, so that check cannot race an upload.
 
 mod folder;
 mod s3;
@@ -28,8 +31,9 @@ pub enum ObjectStoreError {
 
 #[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
-    /// Stores `bytes` under `key`. Readers never see a partial object. Keys are
-    /// content-addressed, so a store may keep an object already there instead of rewriting it.
+    /// Stores `bytes` under `key`. Readers never see a partial object. A key always holds the
+    /// same bytes (one job's image), so a store may keep an object already there instead of
+    /// rewriting it.
     async fn put(
         &self,
         key: &str,
@@ -45,9 +49,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
-/// The content-addressed key of an image with this SHA-256 (lowercase hex).
-pub fn image_key(sha256_hex: &str) -> String {
-    format!("images/sha256/{}/{}", &sha256_hex[..2], sha256_hex)
+/// The key of a job's image.
+pub fn image_key(partner_id: uuid::Uuid, job_id: uuid::Uuid) -> String {
+    format!("images/{partner_id}/{job_id}")
 }
 
 /// Keys are ours, but check them anyway: a key must never escape the store's root.
@@ -103,6 +107,6 @@ mod tests {
         for bad in ["", "../x", "a//b", "a/../b", "/abs", "a/./b", "a b", "a\\b"] {
             assert!(validate_key(bad).is_err(), "{bad:?}");
         }
-        validate_key(&image_key(&"ab".repeat(32))).unwrap();
+        validate_key(&image_key(uuid::Uuid::nil(), uuid::Uuid::now_v7())).unwrap();
     }
 }

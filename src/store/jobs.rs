@@ -18,6 +18,9 @@ use super::{
 /// Everything enqueue knows about a new job.
 #[derive(Debug, Clone)]
 pub struct NewJob {
+    /// A UUIDv7, so ids sort by creation time; chosen before the insert because the image's
+    /// key holds it.
+    pub id: Uuid,
     pub partner_id: Uuid,
     pub image: NewJobImage,
     pub webhook_url: Option<String>,
@@ -88,7 +91,7 @@ pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
         };
     let turn = fair::next_turn(db.reader(), FairQueue::Jobs, new.partner_id).await?;
     let model = job::ActiveModel {
-        id: Set(Uuid::now_v7()),
+        id: Set(new.id),
         partner_id: Set(new.partner_id),
         status: Set(JobStatus::Queued),
         image_url: Set(image_url),

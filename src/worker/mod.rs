@@ -425,7 +425,7 @@ impl JobWorker {
         let header = imaging::inspect(&bytes, self.settings.max_image_pixels)?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let image = FetchedImage {
-            key: objects::image_key(&sha256),
+            key: objects::image_key(lease.job.partner_id, lease.job.id),
             sha256: sha256.clone(),
             bytes: bytes.len() as i64,
             format: header.format.as_str().to_string(),

@@ -65,13 +65,10 @@ async fn assert_upload_is_stored(app: &TestApp) {
     );
     assert_eq!(request["model_id"], "food-scorer");
 
-    // The bytes are in the store under their hash, whole.
+    // The bytes are in the store under the job's own key, whole.
     let objects = app.stored_objects();
     assert_eq!(objects.len(), 1, "{objects:?}");
-    assert!(
-        objects[0].ends_with(format!("images/sha256/{}/{sha}", &sha[..2])),
-        "{objects:?}"
-    );
+    assert!(objects[0].ends_with(id), "{objects:?}");
     assert_eq!(std::fs::read(&objects[0]).unwrap(), image);
 
     // And the job reads back the same.
@@ -96,7 +93,7 @@ async fn an_upload_is_stored_in_s3() {
 }
 
 #[tokio::test]
-async fn the_same_image_twice_is_stored_once_as_two_jobs() {
+async fn the_same_image_twice_is_two_jobs_each_with_its_own_copy() {
     let app = TestApp::spawn().await;
     let first: Value = app
         .upload(&app.key, fixture("apple.jpg"), "a.jpg")
@@ -115,7 +112,8 @@ async fn the_same_image_twice_is_stored_once_as_two_jobs() {
         first["request"]["image"]["sha256"],
         second["request"]["image"]["sha256"]
     );
-    assert_eq!(app.stored_objects().len(), 1);
+    // A copy per job: deleting one job's image can never take the other's.
+    assert_eq!(app.stored_objects().len(), 2);
 }
 
 #[tokio::test]

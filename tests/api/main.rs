@@ -12,6 +12,7 @@ mod lifecycle;
 mod openapi;
 mod operations;
 mod queue;
+mod races;
 mod receiver;
 mod reconcile;
 mod status;

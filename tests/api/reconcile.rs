@@ -160,8 +160,8 @@ async fn reconciliation_fixes_seeded_stale_states_once_per_slot() {
         .unwrap();
     }
 
-    // Past retention: one with its own image (deleted), one sharing its image with a
-    // recent job (the image stays).
+    // Past retention: two jobs, one with the same bytes as a recent job. Each job has its
+    // own image: both expired jobs' go, the recent job's stays.
     let expired_alone = enqueue(&app, "pineapple.jpg", "f", None).await;
     let expired_shared = enqueue(&app, "bell_pepper.jpg", "g", None).await;
     let recent_shared = enqueue(&app, "bell_pepper.jpg", "g", None).await;
@@ -178,6 +178,8 @@ async fn reconciliation_fixes_seeded_stale_states_once_per_slot() {
     .await;
     let alone_key = load(&app, expired_alone).await.unwrap().image_key.unwrap();
     let shared_key = load(&app, expired_shared).await.unwrap().image_key.unwrap();
+    let recent_key = load(&app, recent_shared).await.unwrap().image_key.unwrap();
+    assert_ne!(shared_key, recent_key);
     let objects_before = app.stored_objects().len();
 
     let reconciler = reconciler(&app).await;
@@ -203,7 +205,7 @@ async fn reconciliation_fixes_seeded_stale_states_once_per_slot() {
     assert_eq!(counts.endpoints_disabled, 1, "{counts:?}");
     assert_eq!(counts.deliveries_rescheduled, 1, "{counts:?}");
     assert_eq!(counts.jobs_deleted, 2, "{counts:?}");
-    assert_eq!(counts.objects_deleted, 1, "{counts:?}");
+    assert_eq!(counts.objects_deleted, 2, "{counts:?}");
 
     let job = load(&app, abandoned).await.unwrap();
     assert_eq!(job.status, job::JobStatus::Queued);
@@ -283,10 +285,11 @@ async fn reconciliation_fixes_seeded_stale_states_once_per_slot() {
         .iter()
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
-    assert_eq!(remaining.len(), objects_before - 1);
+    assert_eq!(remaining.len(), objects_before - 2);
     let name = |key: &str| key.rsplit('/').next().unwrap().to_string();
     assert!(!remaining.iter().any(|p| p.contains(&name(&alone_key))));
-    assert!(remaining.iter().any(|p| p.contains(&name(&shared_key))));
+    assert!(!remaining.iter().any(|p| p.contains(&name(&shared_key))));
+    assert!(remaining.iter().any(|p| p.contains(&name(&recent_key))));
 
     // The same slot does not run twice (another node, or a second scheduler, gets None).
     assert!(reconciler
@@ -304,7 +307,7 @@ async fn reconciliation_fixes_seeded_stale_states_once_per_slot() {
     assert_eq!(run["trigger"], "schedule");
     assert_eq!(run["jobs_requeued"], 1);
     assert_eq!(run["jobs_failed_stale"], 1);
-    assert_eq!(run["objects_deleted"], 1);
+    assert_eq!(run["objects_deleted"], 2);
     assert_eq!(run["error"], Value::Null);
     assert!(run["finished_at"].is_string());
     let response = app
