@@ -51,8 +51,8 @@ impl MigrationTrait for Migration {
                 .col(Deliveries::Status)
                 .col(Fair::Turn)
                 .col(Deliveries::NextAttemptAt)
-                .col(Deliveries::Url)
                 .col(Deliveries::Id)
+                .col(Deliveries::Url)
                 .to_owned(),
             Index::create()
                 .name(DELIVERIES_PARTNER_TURN)
