@@ -25,7 +25,7 @@ use migration::MigratorTrait;
 use sea_orm::{
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, Statement, TransactionTrait,
+    DbErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +113,20 @@ impl Db {
     /// The connection for writes; on SQLite the single writer.
     pub fn writer(&self) -> &DatabaseConnection {
         &self.write
+    }
+
+    /// A transaction on the writer that holds the write lock from its start: on SQLite
+    /// `BEGIN IMMEDIATE`, so reads inside it (a count before an insert) cannot be overtaken
+    /// by another writer, in this process or another; on PostgreSQL a plain `BEGIN` (lock
+    /// what the reads decide on, e.g. [`partners::lock_for_update`]).
+    pub async fn begin_write(&self) -> Result<DatabaseTransaction, StoreError> {
+        Ok(self
+            .write
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await?)
     }
 
     /// The database's current time (see [`DbClock`]). When PostgreSQL cannot be read, the

@@ -5,7 +5,7 @@ use chrono::Utc;
 use entity::partner;
 use rand::RngCore;
 use sea_orm::{
-    prelude::*, sea_query::Expr, ActiveValue::Set, Condition, QueryOrder, TransactionTrait,
+    prelude::*, sea_query::Expr, ActiveValue::Set, Condition, DbBackend, QueryOrder, Statement,
 };
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -45,12 +45,13 @@ pub async fn create(
 }
 
 /// Creates an admin partner unless one or more partners exist already: once, however many
-/// nodes start together (on PostgreSQL they take turns under an advisory lock).
+/// nodes start together (on PostgreSQL they take turns under an advisory lock; on SQLite
+/// under the write lock, taken at `BEGIN`).
 pub async fn create_first(
     db: &Db,
     name: &str,
 ) -> Result<Option<(partner::Model, NewApiKey)>, StoreError> {
-    let txn = db.writer().begin().await?;
+    let txn = db.begin_write().await?;
     if db.is_postgres() {
         lock_for_transaction(&txn, AdvisoryLock::FirstPartner).await?;
     }
@@ -84,6 +85,26 @@ async fn insert(
     .insert(conn)
     .await?;
     Ok((model, key))
+}
+
+/// Makes a partner's writes that must see each other's counts take turns: on PostgreSQL,
+/// locks the partner's row until `conn`'s transaction ends. On SQLite it does nothing: the
+/// transaction that calls it must hold the write lock already ([`Db::begin_write`]).
+///
+/// [`Db::begin_write`]: super::Db::begin_write
+pub(crate) async fn lock_for_update<C: ConnectionTrait>(
+    conn: &C,
+    partner_id: Uuid,
+) -> Result<(), StoreError> {
+    if conn.get_database_backend() == DbBackend::Postgres {
+        conn.query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT id FROM partners WHERE id = $1 FOR UPDATE",
+            [partner_id.into()],
+        ))
+        .await?;
+    }
+    Ok(())
 }
 
 pub async fn list(db: &Db) -> Result<Vec<partner::Model>, StoreError> {
