@@ -212,9 +212,7 @@ pub async fn rotate_key(
     if rotated.rows_affected == 0 {
         return Ok(None);
     }
-    let partner = find(db, id)
-        .await?
-        .ok_or_else(|| StoreError::Setup(format!("partner {id} vanished")))?;
+    let partner = find(db, id).await?.ok_or(StoreError::PartnerNotFound(id))?;
     Ok(Some((partner, key)))
 }
 
@@ -238,5 +236,5 @@ pub async fn webhook_secret(db: &Db, id: Uuid, candidate: String) -> Result<Stri
         .one(db.writer())
         .await?
         .and_then(|p| p.webhook_secret)
-        .ok_or_else(|| StoreError::Setup(format!("partner {id} vanished")))
+        .ok_or(StoreError::PartnerNotFound(id))
 }
