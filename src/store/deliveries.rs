@@ -11,7 +11,7 @@ use entity::{
 };
 use sea_orm::{
     prelude::*,
-    sea_query::{Expr, ExprTrait},
+    sea_query::{Expr, ExprTrait, LockType},
     ActiveValue::Set,
     ConnectionTrait, DbBackend, FromQueryResult, QueryOrder, QuerySelect, QueryTrait, Statement,
     TransactionTrait,
@@ -378,7 +378,7 @@ pub async fn redeliver(
     let txn = db.begin_write().await?;
     if db.is_postgres()
         && job::Entity::find_by_id(job.id)
-            .lock_exclusive()
+            .lock(LockType::NoKeyUpdate)
             .one(&txn)
             .await?
             .is_none()

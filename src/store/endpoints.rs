@@ -4,7 +4,10 @@
 use chrono::{DateTime, Utc};
 use entity::webhook_endpoint;
 use sea_orm::{
-    prelude::*, sea_query::Expr, ActiveValue::Set, PaginatorTrait, QueryOrder, QuerySelect,
+    prelude::*,
+    sea_query::{Expr, LockType},
+    ActiveValue::Set,
+    PaginatorTrait, QueryOrder, QuerySelect,
 };
 
 use super::{Db, StoreError};
@@ -163,7 +166,7 @@ pub async fn update(
         .filter(webhook_endpoint::Column::DeletedAt.is_null());
     if db.is_postgres() {
         // Concurrent changes take turns, so each sees whether the other re-enabled it.
-        query = query.lock_exclusive();
+        query = query.lock(LockType::NoKeyUpdate);
     }
     let Some(endpoint) = query.one(&txn).await? else {
         return Ok(None);

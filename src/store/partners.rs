@@ -88,8 +88,10 @@ async fn insert(
 }
 
 /// Makes a partner's writes that must see each other's counts take turns: on PostgreSQL,
-/// locks the partner's row until `conn`'s transaction ends. On SQLite it does nothing: the
-/// transaction that calls it must hold the write lock already ([`Db::begin_write`]).
+/// locks the partner's row until `conn`'s transaction ends. `NO KEY UPDATE` is enough to
+/// exclude the other takers, and unlike `UPDATE` it leaves alone the inserts whose foreign
+/// key names the partner (jobs, deliveries). On SQLite it does nothing: the transaction
+/// that calls it must hold the write lock already ([`Db::begin_write`]).
 ///
 /// [`Db::begin_write`]: super::Db::begin_write
 pub(crate) async fn lock_for_update<C: ConnectionTrait>(
@@ -99,7 +101,7 @@ pub(crate) async fn lock_for_update<C: ConnectionTrait>(
     if conn.get_database_backend() == DbBackend::Postgres {
         conn.query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT id FROM partners WHERE id = $1 FOR UPDATE",
+            "SELECT id FROM partners WHERE id = $1 FOR NO KEY UPDATE",
             [partner_id.into()],
         ))
         .await?;
