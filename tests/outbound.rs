@@ -151,3 +151,46 @@ async fn bodies_are_capped_statuses_classified_and_timeouts_enforced() {
         "{late:?}"
     );
 }
+
+#[tokio::test]
+async fn ranges_added_to_the_guard_are_refused_before_dialling_unless_allow_listed() {
+    let guarded = GuardedClient::new(
+        OutboundPolicy::default(),
+        RedirectRule::Follow(3),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    for url in [
+        "http://[64:ff9b:1::a00:1]/x.jpg", // local-use NAT64
+        "http://[2002:a00:1::1]/x.jpg",    // 6to4 of 10.0.0.1
+        "http://[2002:808:808::1]/x.jpg",  // 6to4 of a public address: all of 2002::/16
+        "http://[fec0::1]/x.jpg",          // site-local
+        "http://[2001::1]/x.jpg",          // Teredo
+        "http://[2001:db8::1]/x.jpg",      // documentation
+        "http://[3fff::1]/x.jpg",          // documentation
+        "http://[100::1]/x.jpg",           // discard
+        "http://[::a00:1]/x.jpg",          // IPv4-compatible
+        "http://192.0.2.1/x.jpg",          // documentation
+        "http://192.88.99.1/x.jpg",        // 6to4 relay anycast
+        "http://255.255.255.255/x.jpg",
+    ] {
+        let err = guarded.get_bytes(url, 1 << 20).await.unwrap_err();
+        assert!(
+            matches!(err, FetchError::Forbidden(OutboundError::ForbiddenHost(_))),
+            "{url}: {err:?}"
+        );
+    }
+
+    // Allow-listed, the same address is dialled (and fails however the network says).
+    let opened = GuardedClient::new(
+        OutboundPolicy::new(vec!["2002::/16".parse().unwrap()]),
+        RedirectRule::Follow(3),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let err = opened
+        .get_bytes("http://[2002:a00:1::1]:9/x.jpg", 1 << 20)
+        .await
+        .unwrap_err();
+    assert!(!matches!(err, FetchError::Forbidden(_)), "{err:?}");
+}

@@ -299,7 +299,13 @@ into_api_error!(StoreError, ObjectStoreError, IntakeError);
 impl From<StoreError> for ApiProblem {
     #[track_caller]
     fn from(err: StoreError) -> Self {
-        ApiProblem::internal(err)
+        match err {
+            // None is the client's doing: logged, and answered without details.
+            StoreError::Db(_)
+            | StoreError::MigrationsPending { .. }
+            | StoreError::CreateDir { .. }
+            | StoreError::PartnerNotFound(_) => ApiProblem::internal(err),
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use super::{
 use crate::{
     delivery::signing::WebhookSecret,
     store::{
-        endpoints::{self, EndpointChanges},
+        endpoints::{self, CreateOutcome, EndpointChanges},
         partners,
     },
 };
@@ -36,7 +36,7 @@ use crate::{
 const ROTATION_OVERLAP: chrono::Duration = chrono::Duration::hours(24);
 
 /// Endpoints per partner; every finished job is sent to each of them.
-const MAX_ENDPOINTS: usize = 20;
+const MAX_ENDPOINTS: u64 = 20;
 
 pub struct WebhooksApi;
 
@@ -107,26 +107,29 @@ impl WebhooksApi {
     ) -> ApiResult<CreatedResponse> {
         let body = body.0;
         let url = state.intake.check_webhook_url(&body.url.0)?;
-        if endpoints::list(&state.db, auth.partner().id).await?.len() >= MAX_ENDPOINTS {
-            return Err(ApiProblem::new(
-                ProblemCode::WebhookLimitReached,
-                format!("a partner may have {MAX_ENDPOINTS} webhook endpoints; delete one first"),
-            )
-            .into());
-        }
         let secret = WebhookSecret::generate().expose();
-        let endpoint = endpoints::create(
+        match endpoints::create(
             &state.db,
             auth.partner().id,
             url,
             body.description,
             secret.clone(),
+            MAX_ENDPOINTS,
         )
-        .await?;
-        Ok(CreatedResponse::Created(Json(CreatedWebhookEndpoint {
-            endpoint: endpoint.into(),
-            secret,
-        })))
+        .await?
+        {
+            CreateOutcome::Created(endpoint) => {
+                Ok(CreatedResponse::Created(Json(CreatedWebhookEndpoint {
+                    endpoint: (*endpoint).into(),
+                    secret,
+                })))
+            }
+            CreateOutcome::LimitReached => Err(ApiProblem::new(
+                ProblemCode::WebhookLimitReached,
+                format!("a partner may have {MAX_ENDPOINTS} webhook endpoints; delete one first"),
+            )
+            .into()),
+        }
     }
 
     /// List your webhook endpoints.

@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context;
 use bytes::Bytes;
 use poem::{
     handler,
@@ -136,8 +137,11 @@ impl Bench {
             format!("http://{receiver}/hook"),
             None,
             crate::delivery::signing::WebhookSecret::generate().expose(),
+            1,
         )
-        .await?;
+        .await?
+        .created()
+        .context("the bench partner has an endpoint already")?;
         Ok(Self {
             base: format!("http://{}", app.addr()),
             key: key.expose().to_string(),

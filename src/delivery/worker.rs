@@ -104,6 +104,22 @@ impl Drop for ReceiverSlot {
     }
 }
 
+/// Why an attempt was not carried out or not recorded. Either way its lease expires and
+/// the delivery is attempted again.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DeliveryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The endpoint was not among those loaded for the batch (loading them failed).
+    #[error("endpoint {0} could not be loaded")]
+    EndpointNotLoaded(Uuid),
+    #[error("the delivery recorder stopped")]
+    RecorderStopped,
+    /// Recording failed; the recorder logged why.
+    #[error("recording the attempt failed")]
+    NotRecorded,
+}
+
 /// What one HTTP attempt came to.
 enum Verdict {
     Delivered,
@@ -240,12 +256,10 @@ impl DeliveryWorker {
         lease: DeliveryLease,
         endpoint: Option<webhook_endpoint::Model>,
         recorder: mpsc::Sender<(AttemptOutcome, oneshot::Sender<bool>)>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), DeliveryError> {
         let now = self.db.now().await;
-        if lease.delivery.endpoint_id.is_some() && endpoint.is_none() {
-            return Err(StoreError::Setup(
-                "the delivery's endpoint is missing".into(),
-            ));
+        if let (Some(id), None) = (lease.delivery.endpoint_id, &endpoint) {
+            return Err(DeliveryError::EndpointNotLoaded(id));
         }
         if let Some(endpoint) = endpoint.as_ref().filter(|e| !endpoints::is_active(e)) {
             let reason = if endpoint.deleted_at.is_some() {
@@ -467,15 +481,13 @@ async fn post_signed(
 async fn record(
     recorder: &mpsc::Sender<(AttemptOutcome, oneshot::Sender<bool>)>,
     outcome: AttemptOutcome,
-) -> Result<bool, StoreError> {
+) -> Result<bool, DeliveryError> {
     let (done, committed) = oneshot::channel();
     recorder
         .send((outcome, done))
         .await
-        .map_err(|_| StoreError::Setup("the delivery recorder stopped".into()))?;
-    committed
-        .await
-        .map_err(|_| StoreError::Setup("recording the delivery failed".into()))
+        .map_err(|_| DeliveryError::RecorderStopped)?;
+    committed.await.map_err(|_| DeliveryError::NotRecorded)
 }
 
 /// Most outcomes waiting per commit.

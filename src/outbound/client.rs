@@ -70,17 +70,27 @@ impl Resolve for GuardedResolver {
             let host = name.as_str().to_string();
             let resolved: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = resolved
-                .into_iter()
-                .filter(|a| policy.ip_allowed(a.ip()))
-                .collect();
-            if allowed.is_empty() {
-                return Err(Box::new(OutboundError::ForbiddenHost(host))
-                    as Box<dyn std::error::Error + Send + Sync>);
-            }
+            let allowed = vetted(&policy, host, resolved)?;
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
     }
+}
+
+/// The addresses a name resolved to that the policy allows, in the resolver's order; an
+/// error when it allows none.
+fn vetted(
+    policy: &OutboundPolicy,
+    host: String,
+    resolved: impl IntoIterator<Item = SocketAddr>,
+) -> Result<Vec<SocketAddr>, OutboundError> {
+    let allowed: Vec<SocketAddr> = resolved
+        .into_iter()
+        .filter(|a| policy.ip_allowed(a.ip()))
+        .collect();
+    if allowed.is_empty() {
+        return Err(OutboundError::ForbiddenHost(host));
+    }
+    Ok(allowed)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +226,49 @@ mod tests {
         assert!(
             !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()),
             "{addrs:?}"
+        );
+    }
+
+    /// What the resolver does with a name's answer, for an answer in each refused range (a
+    /// test cannot make the system resolver answer with them; `localhost` above is real).
+    #[test]
+    fn answers_in_refused_ranges_are_dropped() {
+        use crate::outbound::tests::{ALLOWED, REFUSED};
+        let policy = OutboundPolicy::default();
+        let answer = |texts: &[&str]| -> Vec<SocketAddr> {
+            texts
+                .iter()
+                .map(|t| SocketAddr::new(t.parse().unwrap(), 0))
+                .collect()
+        };
+        for refused in REFUSED {
+            assert_eq!(
+                vetted(&policy, "images.example".into(), answer(&[refused])),
+                Err(OutboundError::ForbiddenHost("images.example".into())),
+                "{refused}"
+            );
+        }
+        assert_eq!(
+            vetted(&policy, "images.example".into(), answer(REFUSED)),
+            Err(OutboundError::ForbiddenHost("images.example".into()))
+        );
+        for allowed in ALLOWED {
+            // A public address among refused ones: only it is dialled.
+            let mixed = answer(&["10.0.0.1", allowed, "2002::1", "64:ff9b:1::1"]);
+            assert_eq!(
+                vetted(&policy, "images.example".into(), mixed),
+                Ok(answer(&[allowed])),
+                "{allowed}"
+            );
+        }
+        let opened = OutboundPolicy::new(vec!["2002::/16".parse().unwrap()]);
+        assert_eq!(
+            vetted(
+                &opened,
+                "relay.example".into(),
+                answer(&["fec0::1", "2002::1"])
+            ),
+            Ok(answer(&["2002::1"]))
         );
     }
 }

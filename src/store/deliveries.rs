@@ -11,7 +11,7 @@ use entity::{
 };
 use sea_orm::{
     prelude::*,
-    sea_query::{Expr, ExprTrait},
+    sea_query::{Expr, ExprTrait, LockType},
     ActiveValue::Set,
     ConnectionTrait, DbBackend, FromQueryResult, QueryOrder, QuerySelect, QueryTrait, Statement,
     TransactionTrait,
@@ -417,14 +417,25 @@ pub async fn for_jobs(
 
 /// Sends a finished job again: its deliveries become due now with a fresh retry schedule;
 /// a job that had no destination when it finished gets deliveries to its current ones.
-/// Returns the number of deliveries due.
+/// Returns the number of deliveries due. Concurrent calls for one job take turns (the job's
+/// row is locked on PostgreSQL; SQLite's write lock is taken at `BEGIN`), so deliveries are
+/// never created twice.
 pub async fn redeliver(
     db: &Db,
     job: &job::Model,
     render: &PayloadRenderer,
     now: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
-    let txn = db.writer().begin().await?;
+    let txn = db.begin_write().await?;
+    if db.is_postgres()
+        && job::Entity::find_by_id(job.id)
+            .lock(LockType::NoKeyUpdate)
+            .one(&txn)
+            .await?
+            .is_none()
+    {
+        return Ok(0); // erased meanwhile
+    }
     let existing = delivery::Entity::find()
         .filter(delivery::Column::JobId.eq(job.id))
         .count(&txn)

@@ -3,19 +3,57 @@
 
 use chrono::{DateTime, Utc};
 use entity::webhook_endpoint;
-use sea_orm::{prelude::*, sea_query::Expr, ActiveValue::Set, QueryOrder, TransactionTrait};
+use sea_orm::{
+    prelude::*,
+    sea_query::{Expr, LockType},
+    ActiveValue::Set,
+    PaginatorTrait, QueryOrder, QuerySelect,
+};
 
 use super::{Db, StoreError};
 
+/// What [`create`] did.
+#[derive(Debug)]
+pub enum CreateOutcome {
+    Created(Box<webhook_endpoint::Model>),
+    /// The partner already has `max` endpoints (deleted ones do not count).
+    LimitReached,
+}
+
+impl CreateOutcome {
+    /// The endpoint, when one was created.
+    pub fn created(self) -> Option<webhook_endpoint::Model> {
+        match self {
+            Self::Created(endpoint) => Some(*endpoint),
+            Self::LimitReached => None,
+        }
+    }
+}
+
+/// Creates an endpoint unless the partner already has `max`. The count and the insert are
+/// one transaction, and a partner's creations take turns: PostgreSQL locks the partner's
+/// row first; SQLite takes its write lock at `BEGIN`. So concurrent requests never pass
+/// the limit together.
 pub async fn create(
     db: &Db,
     partner_id: Uuid,
     url: String,
     description: Option<String>,
     secret: String,
-) -> Result<webhook_endpoint::Model, StoreError> {
+    max: u64,
+) -> Result<CreateOutcome, StoreError> {
+    let txn = db.begin_write().await?;
+    super::partners::lock_for_update(&txn, partner_id).await?;
+    let existing = webhook_endpoint::Entity::find()
+        .filter(webhook_endpoint::Column::PartnerId.eq(partner_id))
+        .filter(webhook_endpoint::Column::DeletedAt.is_null())
+        .count(&txn)
+        .await?;
+    if existing >= max {
+        return Ok(CreateOutcome::LimitReached);
+    }
     let now = Utc::now();
-    Ok(webhook_endpoint::ActiveModel {
+    let created = webhook_endpoint::ActiveModel {
         id: Set(Uuid::now_v7()),
         partner_id: Set(partner_id),
         url: Set(url),
@@ -30,8 +68,10 @@ pub async fn create(
         created_at: Set(now),
         updated_at: Set(now),
     }
-    .insert(db.writer())
-    .await?)
+    .insert(&txn)
+    .await?;
+    txn.commit().await?;
+    Ok(CreateOutcome::Created(Box::new(created)))
 }
 
 /// A partner's endpoints that were not deleted, oldest first.
@@ -120,13 +160,15 @@ pub async fn update(
     changes: EndpointChanges,
     now: DateTime<Utc>,
 ) -> Result<Option<webhook_endpoint::Model>, StoreError> {
-    let txn = db.writer().begin().await?;
-    let Some(endpoint) = webhook_endpoint::Entity::find_by_id(id)
+    let txn = db.begin_write().await?;
+    let mut query = webhook_endpoint::Entity::find_by_id(id)
         .filter(webhook_endpoint::Column::PartnerId.eq(partner_id))
-        .filter(webhook_endpoint::Column::DeletedAt.is_null())
-        .one(&txn)
-        .await?
-    else {
+        .filter(webhook_endpoint::Column::DeletedAt.is_null());
+    if db.is_postgres() {
+        // Concurrent changes take turns, so each sees whether the other re-enabled it.
+        query = query.lock(LockType::NoKeyUpdate);
+    }
+    let Some(endpoint) = query.one(&txn).await? else {
         return Ok(None);
     };
     let was_enabled = endpoint.disabled_at.is_none();

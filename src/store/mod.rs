@@ -16,25 +16,38 @@ pub mod wakeups;
 
 use std::{
     collections::HashSet,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
-
 use migration::MigratorTrait;
 use sea_orm::{
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, Statement, TransactionTrait,
+    DbErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
+use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
     Db(#[from] DbErr),
-    #[error("database setup: {0}")]
-    Setup(String),
+    /// The database lacks migrations this build needs (and is not to migrate it itself).
+    #[error("{count} migration(s) pending: run `platescore migrate`")]
+    MigrationsPending { count: usize },
+    /// The folder of the SQLite database file could not be created.
+    #[error("creating the database folder {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A partner the caller had in hand is not in the database (partners are never deleted,
+    /// so this is a database edited by hand).
+    #[error("partner {0} is not in the database")]
+    PartnerNotFound(Uuid),
 }
 
 /// When a lease taken at `now` ends.
@@ -116,6 +129,20 @@ impl Db {
         &self.write
     }
 
+    /// A transaction on the writer that holds the write lock from its start: on SQLite
+    /// `BEGIN IMMEDIATE`, so reads inside it (a count before an insert) cannot be overtaken
+    /// by another writer, in this process or another; on PostgreSQL a plain `BEGIN` (lock
+    /// what the reads decide on, e.g. [`partners::lock_for_update`]).
+    pub async fn begin_write(&self) -> Result<DatabaseTransaction, StoreError> {
+        Ok(self
+            .write
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await?)
+    }
+
     /// The database's current time (see [`DbClock`]). When PostgreSQL cannot be read, the
     /// last known offset is kept (or none, at first), so callers always get a time.
     pub async fn now(&self) -> DateTime<Utc> {
@@ -188,14 +215,9 @@ impl Db {
 
     /// Fails unless every migration this build knows has been applied. Reads only.
     pub async fn check_migrated(&self) -> Result<(), StoreError> {
-        let pending = pending_migrations(&self.read).await?;
-        if pending.is_empty() {
-            Ok(())
-        } else {
-            Err(StoreError::Setup(format!(
-                "{} migration(s) pending: run `platescore migrate`",
-                pending.len()
-            )))
+        match pending_migrations(&self.read).await?.len() {
+            0 => Ok(()),
+            count => Err(StoreError::MigrationsPending { count }),
         }
     }
 
@@ -295,8 +317,37 @@ fn create_sqlite_parent(url: &str) -> Result<(), StoreError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
     {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| StoreError::Setup(format!("creating {}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+            path: parent.to_path_buf(),
+            source,
+        })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn setup_failures_say_which_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let url = format!("sqlite://{}/db/platescore.db", file.display());
+        match Db::connect(&url, 1).await {
+            Err(StoreError::CreateDir { path, .. }) => assert_eq!(path, file.join("db")),
+            other => panic!("{other:?}"),
+        }
+
+        let url = format!("sqlite://{}/platescore.db", dir.path().display());
+        let db = Db::connect(&url, 1).await.unwrap();
+        let all = migration::Migrator::migrations().len();
+        match db.check_migrated().await {
+            Err(StoreError::MigrationsPending { count }) => assert_eq!(count, all),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(db.migrate().await.unwrap(), all);
+        db.check_migrated().await.unwrap();
+    }
 }

@@ -5,7 +5,7 @@ use chrono::Utc;
 use entity::partner;
 use rand::RngCore;
 use sea_orm::{
-    prelude::*, sea_query::Expr, ActiveValue::Set, Condition, QueryOrder, TransactionTrait,
+    prelude::*, sea_query::Expr, ActiveValue::Set, Condition, DbBackend, QueryOrder, Statement,
 };
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -45,12 +45,13 @@ pub async fn create(
 }
 
 /// Creates an admin partner unless one or more partners exist already: once, however many
-/// nodes start together (on PostgreSQL they take turns under an advisory lock).
+/// nodes start together (on PostgreSQL they take turns under an advisory lock; on SQLite
+/// under the write lock, taken at `BEGIN`).
 pub async fn create_first(
     db: &Db,
     name: &str,
 ) -> Result<Option<(partner::Model, NewApiKey)>, StoreError> {
-    let txn = db.writer().begin().await?;
+    let txn = db.begin_write().await?;
     if db.is_postgres() {
         lock_for_transaction(&txn, AdvisoryLock::FirstPartner).await?;
     }
@@ -84,6 +85,28 @@ async fn insert(
     .insert(conn)
     .await?;
     Ok((model, key))
+}
+
+/// Makes a partner's writes that must see each other's counts take turns: on PostgreSQL,
+/// locks the partner's row until `conn`'s transaction ends. `NO KEY UPDATE` is enough to
+/// exclude the other takers, and unlike `UPDATE` it leaves alone the inserts whose foreign
+/// key names the partner (jobs, deliveries). On SQLite it does nothing: the transaction
+/// that calls it must hold the write lock already ([`Db::begin_write`]).
+///
+/// [`Db::begin_write`]: super::Db::begin_write
+pub(crate) async fn lock_for_update<C: ConnectionTrait>(
+    conn: &C,
+    partner_id: Uuid,
+) -> Result<(), StoreError> {
+    if conn.get_database_backend() == DbBackend::Postgres {
+        conn.query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT id FROM partners WHERE id = $1 FOR NO KEY UPDATE",
+            [partner_id.into()],
+        ))
+        .await?;
+    }
+    Ok(())
 }
 
 pub async fn list(db: &Db) -> Result<Vec<partner::Model>, StoreError> {
@@ -191,9 +214,7 @@ pub async fn rotate_key(
     if rotated.rows_affected == 0 {
         return Ok(None);
     }
-    let partner = find(db, id)
-        .await?
-        .ok_or_else(|| StoreError::Setup(format!("partner {id} vanished")))?;
+    let partner = find(db, id).await?.ok_or(StoreError::PartnerNotFound(id))?;
     Ok(Some((partner, key)))
 }
 
@@ -217,5 +238,5 @@ pub async fn webhook_secret(db: &Db, id: Uuid, candidate: String) -> Result<Stri
         .one(db.writer())
         .await?
         .and_then(|p| p.webhook_secret)
-        .ok_or_else(|| StoreError::Setup(format!("partner {id} vanished")))
+        .ok_or(StoreError::PartnerNotFound(id))
 }

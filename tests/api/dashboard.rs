@@ -119,8 +119,11 @@ async fn seed(app: &TestApp) -> Seeded {
         failing_url.clone(),
         None,
         "whsec_x".into(),
+        20,
     )
     .await
+    .unwrap()
+    .created()
     .unwrap();
     let gone = endpoints::create(
         &app.db,
@@ -128,8 +131,11 @@ async fn seed(app: &TestApp) -> Seeded {
         gone_url.clone(),
         None,
         "whsec_y".into(),
+        20,
     )
     .await
+    .unwrap()
+    .created()
     .unwrap();
     let failing_id = failing.id;
     let mut failing: webhook_endpoint::ActiveModel = failing.into();

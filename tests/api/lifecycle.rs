@@ -408,6 +408,30 @@ async fn redeliver_sends_a_finished_job_again_with_the_same_id() {
 }
 
 #[tokio::test]
+async fn concurrent_redeliveries_create_a_jobs_deliveries_once() {
+    let app = TestApp::spawn_with(TestOptions::with_workers(|_| {})).await;
+    let job_id = upload(&app, "apple.jpg").await;
+    let job = app.wait_until_settled(&app.key, &job_id).await;
+    assert_eq!(
+        job["deliveries"],
+        json!([]),
+        "it finished with no destination"
+    );
+    let receiver = Receiver::start().await;
+    register_endpoint(&app, &receiver.url("/hook")).await;
+    let path = format!("/jobs/{job_id}/redeliver");
+    let responses =
+        futures_util::future::join_all((0..12).map(|_| app.post_json(&app.key, &path, json!({}))))
+            .await;
+    assert!(responses.iter().all(|r| r.status() == 202));
+    receiver.wait_for(1).await;
+    let log = app
+        .get_json(&app.key, &format!("/jobs/{job_id}/deliveries"))
+        .await;
+    assert_eq!(log["deliveries"].as_array().unwrap().len(), 1, "{log}");
+}
+
+#[tokio::test]
 async fn rotating_a_secret_signs_with_both_during_the_overlap() {
     let app = TestApp::spawn_with(TestOptions::with_workers(|_| {})).await;
     let receiver = Receiver::start().await;
@@ -609,6 +633,64 @@ async fn a_receiver_answering_nul_bytes_is_recorded_without_them() {
     let attempts = log["deliveries"][0]["attempt_log"].as_array().unwrap();
     assert_eq!(attempts[0]["response_body"], "bad gateway");
     assert_eq!(attempts[1]["response_body"], "ok");
+}
+
+#[tokio::test]
+async fn the_endpoint_limit_holds_under_concurrent_requests() {
+    let app = TestApp::spawn().await;
+    for i in 0..15 {
+        register_endpoint(&app, &format!("https://hooks.example.com/existing/{i}")).await;
+    }
+    let other = app.new_partner("neighbour").await;
+    let racing = (0..40).map(|i| {
+        let app = &app;
+        async move {
+            app.post_json(
+                &app.key,
+                "/webhooks",
+                json!({ "url": format!("https://hooks.example.com/racing/{i}") }),
+            )
+            .await
+        }
+    });
+    // Another partner's creations at the same time are neither blocked nor counted.
+    let neighbour = (0..5).map(|i| {
+        let (app, other) = (&app, &other);
+        async move {
+            app.post_json(
+                other,
+                "/webhooks",
+                json!({ "url": format!("https://hooks.example.com/neighbour/{i}") }),
+            )
+            .await
+        }
+    });
+    let (responses, neighbour) = tokio::join!(
+        futures_util::future::join_all(racing),
+        futures_util::future::join_all(neighbour)
+    );
+    let mut created = 0;
+    for response in responses {
+        if response.status() == 201 {
+            created += 1;
+        } else {
+            crate::helpers::assert_problem(response, 409, "webhook_limit_reached").await;
+        }
+    }
+    assert_eq!(created, 5);
+    assert!(neighbour.iter().all(|r| r.status() == 201));
+    let listed = |key: &str| {
+        let key = key.to_string();
+        let app = &app;
+        async move {
+            app.get_json(&key, "/webhooks").await["endpoints"]
+                .as_array()
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(listed(&app.key).await, 20);
+    assert_eq!(listed(&other).await, 5);
 }
 
 #[tokio::test]

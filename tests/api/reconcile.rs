@@ -67,9 +67,18 @@ async fn seed_endpoint(app: &TestApp, url: &str, failing_since: Option<DateTime<
         .await
         .unwrap()
         .unwrap();
-    let endpoint = endpoints::create(&app.db, partner.id, url.into(), None, "whsec_AAAA".into())
-        .await
-        .unwrap();
+    let endpoint = endpoints::create(
+        &app.db,
+        partner.id,
+        url.into(),
+        None,
+        "whsec_AAAA".into(),
+        20,
+    )
+    .await
+    .unwrap()
+    .created()
+    .unwrap();
     webhook_endpoint::Entity::update_many()
         .col_expr(
             webhook_endpoint::Column::FailingSince,
