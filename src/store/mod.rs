@@ -25,7 +25,7 @@ use migration::MigratorTrait;
 use sea_orm::{
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, Statement, TransactionTrait,
+    DbErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +153,23 @@ impl Db {
         let database: DateTime<Utc> = row.try_get("", "now")?;
         let after = Utc::now();
         Ok(database - (before + (after - before) / 2))
+    }
+
+    /// A write transaction whose reads stay true until it commits, given the row locks it
+    /// takes on PostgreSQL: on SQLite it is `BEGIN IMMEDIATE`, which takes the database's
+    /// one write lock at once (a deferred one could read, then fail to write once another
+    /// process has written).
+    pub async fn begin_write(&self) -> Result<DatabaseTransaction, StoreError> {
+        if self.is_postgres() {
+            return Ok(self.write.begin().await?);
+        }
+        Ok(self
+            .write
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await?)
     }
 
     pub fn is_postgres(&self) -> bool {
