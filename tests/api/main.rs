@@ -8,6 +8,7 @@ mod errors;
 mod health;
 mod helpers;
 mod lifecycle;
+mod limits;
 mod openapi;
 mod operations;
 mod queue;
