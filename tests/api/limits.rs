@@ -145,6 +145,25 @@ async fn a_partner_over_its_rate_is_refused_until_its_bucket_refills() {
     let other = app.new_partner("other").await;
     assert_eq!(app.enqueue_json(&other, by_url(100)).await.status(), 202);
 
+    // Refusals are counted by operation, as operators watch them.
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("platescore_http_requests_total")
+                && l.contains("operation=\"enqueue")
+                && l.contains("status=\"429\"")),
+        "{metrics}"
+    );
+
     // Once `Retry-After` has passed, a request is accepted again.
     tokio::time::sleep(std::time::Duration::from_secs(retry_after)).await;
     let again = app.enqueue_json(&app.key, by_url(101)).await;
