@@ -129,6 +129,15 @@ fn partners_set_limit_sets_and_clears_a_partners_own_limits() {
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "per_second=5 burst=default max_queued=100\n");
     assert!(stderr.contains("auth_cache_seconds"), "{stderr}");
+    let listing = platescore(dir.path())
+        .args(["partners", "list"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    assert!(
+        listing.contains("active, per_second=5, max_queued=100"),
+        "the listing shows a partner's own limits: {listing}"
+    );
     let (ok, stdout, _) = set_limit(&["--burst", "20", "--max-queued", "unlimited"]);
     assert!(ok);
     assert_eq!(stdout, "per_second=5 burst=20 max_queued=unlimited\n");

@@ -272,6 +272,15 @@ async fn manage_partners(config: &Config, command: PartnersCommand) -> anyhow::R
                 if p.is_admin {
                     status.push_str(", admin");
                 }
+                for (name, column) in [
+                    ("per_second", p.rate_limit_per_second),
+                    ("burst", p.rate_limit_burst),
+                    ("max_queued", p.max_queued_jobs),
+                ] {
+                    if column.is_some() {
+                        status.push_str(&format!(", {name}={}", LimitOverride::of(column)));
+                    }
+                }
                 println!(
                     "{:<36}  {:<16}  {:<20}  {:<25}  {status}",
                     p.id,

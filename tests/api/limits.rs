@@ -170,6 +170,35 @@ async fn a_partner_over_its_rate_is_refused_until_its_bucket_refills() {
     assert_eq!(again.status(), 202);
 }
 
+/// Over its rate, an upload is refused before its body is read: the answer comes while the
+/// body is still being sent (here: a body that never ends).
+#[tokio::test]
+async fn over_the_rate_an_upload_is_refused_before_its_body_is_read() {
+    let app = TestApp::spawn_with(limited(|config| {
+        config.partner_rate_limit_per_second = Some(1);
+        config.partner_rate_limit_burst = Some(1);
+    }))
+    .await;
+    assert_eq!(app.enqueue_json(&app.key, by_url(0)).await.status(), 202);
+    let start = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(
+        b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"m.jpg\"\r\n\r\n",
+    ))]);
+    let endless = futures_util::StreamExt::chain(start, futures_util::stream::pending());
+    let response = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        app.client
+            .post(app.url("/enqueue/upload"))
+            .bearer_auth(&app.key)
+            .header("content-type", "multipart/form-data; boundary=b")
+            .body(reqwest::Body::wrap_stream(endless))
+            .send(),
+    )
+    .await
+    .expect("answered without waiting for the body")
+    .unwrap();
+    assert_problem(response, 429, "rate_limited").await;
+}
+
 /// A partner's own rate, set in the store (as `platescore partners set-limit` does),
 /// overrides the default; `unlimited` lifts it, `default` restores it. With
 /// `auth_cache_seconds = 0` each request reads the partner afresh.
