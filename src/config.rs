@@ -74,6 +74,15 @@ pub struct Config {
     pub auth_cache_seconds: u64,
     /// After `POST /keys/rotate`, how long the previous API key keeps working, in hours.
     pub key_rotation_overlap_hours: u32,
+    /// Enqueue requests per second each partner may make, per API node; unlimited when
+    /// unset. A partner's own limit (`platescore partners set-limit`) overrides it.
+    pub partner_rate_limit_per_second: Option<u32>,
+    /// Enqueue requests a partner may make at once above its rate; default: one second's
+    /// worth (the rate).
+    pub partner_rate_limit_burst: Option<u32>,
+    /// Jobs each partner may have queued or in progress; unlimited when unset. A partner's
+    /// own cap overrides it.
+    pub partner_max_queued_jobs: Option<u32>,
     /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
     /// Comma-separated CIDRs that outbound URLs may reach although they are private.
@@ -172,6 +181,9 @@ impl Default for Config {
             max_metadata_bytes: 16 * 1024,
             auth_cache_seconds: 10,
             key_rotation_overlap_hours: 24,
+            partner_rate_limit_per_second: None,
+            partner_rate_limit_burst: None,
+            partner_max_queued_jobs: None,
             metrics_token: None,
             outbound_allow_cidrs: String::new(),
             log_format: LogFormat::Text,
@@ -271,6 +283,21 @@ impl Config {
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be positive"));
+            }
+        }
+        for (field, value) in [
+            (
+                "partner_rate_limit_per_second",
+                self.partner_rate_limit_per_second,
+            ),
+            ("partner_rate_limit_burst", self.partner_rate_limit_burst),
+            ("partner_max_queued_jobs", self.partner_max_queued_jobs),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(
+                    field,
+                    "must be positive; leave it unset for no limit",
+                ));
             }
         }
         if self.job_max_attempts < 1 {

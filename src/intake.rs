@@ -51,6 +51,11 @@ pub enum IntakeError {
     ClientReference(String),
     #[error("this client_reference names another job, asked for with a different request")]
     ClientReferenceReused,
+    #[error(
+        "you have {max} jobs queued or in progress, as many as allowed; enqueue again once \
+         some have finished"
+    )]
+    QueueFull { max: u32 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -105,7 +110,11 @@ pub struct Intake {
 
 /// What enqueue did: created a job, or found the one this idempotency key made before.
 pub enum Enqueued {
-    Created(job::Model),
+    Created {
+        job: job::Model,
+        /// Under a cap: the partner's jobs queued or in progress, this one included.
+        unfinished: Option<u64>,
+    },
     Replayed(job::Model),
 }
 
@@ -126,10 +135,15 @@ impl Intake {
         }
     }
 
+    /// Checks the request, stores its image and records the job. With `max_unfinished`, the
+    /// partner may have at most that many jobs queued or in progress: a request over it
+    /// writes nothing and fails with [`IntakeError::QueueFull`] (a replay of an earlier
+    /// request still answers).
     pub async fn enqueue(
         &self,
         partner_id: Uuid,
         request: EnqueueRequest,
+        max_unfinished: Option<u32>,
     ) -> Result<Enqueued, IntakeError> {
         // URLs are kept as given (trimmed), once vetted: the job shows what was sent.
         let webhook_url = request
@@ -200,6 +214,13 @@ impl Intake {
         if let Some(earlier) = jobs::find_earlier(&self.db, &new_job).await? {
             return answer(earlier);
         }
+        // Checked before the image is stored, so a partner at its cap writes nothing; the
+        // insert counts again, under the partner's lock.
+        if let Some(max) = max_unfinished {
+            if jobs::count_unfinished(self.db.reader(), partner_id).await? >= u64::from(max) {
+                return Err(IntakeError::QueueFull { max });
+            }
+        }
 
         let stored_key = match (&new_job.image, upload) {
             (NewJobImage::Stored { key, .. }, Some((bytes, mime))) => {
@@ -209,18 +230,36 @@ impl Intake {
             _ => None,
         };
 
-        match jobs::insert(&self.db, new_job).await {
-            Ok(InsertOutcome::Created(job)) => {
+        let inserted = match max_unfinished {
+            None => jobs::insert(&self.db, new_job).await.map(|o| (o, None)),
+            Some(max) => jobs::insert_within(&self.db, new_job, u64::from(max))
+                .await
+                .map(|(outcome, before)| (outcome, Some(before + 1))),
+        };
+        match inserted {
+            Ok((InsertOutcome::Created(job), unfinished)) => {
                 crate::metrics::get().jobs_enqueued.inc();
                 self.wakeups.announce(Work::Jobs).await;
-                Ok(Enqueued::Created(*job))
+                Ok(Enqueued::Created {
+                    job: *job,
+                    unfinished,
+                })
             }
-            // A request racing this one won: the image written here is no job's.
-            Ok(InsertOutcome::Earlier(earlier)) => {
+            // A request racing this one won, or filled the queue: the image written here is
+            // no job's.
+            Ok((InsertOutcome::Earlier(earlier), _)) => {
                 if let Some(key) = stored_key {
                     remove_if_orphaned(&self.db, self.objects.as_ref(), &key).await;
                 }
                 answer(earlier)
+            }
+            Ok((InsertOutcome::QueueFull, _)) => {
+                if let Some(key) = stored_key {
+                    remove_if_orphaned(&self.db, self.objects.as_ref(), &key).await;
+                }
+                Err(IntakeError::QueueFull {
+                    max: max_unfinished.unwrap_or_default(),
+                })
             }
             Err(err) => {
                 if let Some(key) = stored_key {

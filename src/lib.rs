@@ -1,6 +1,7 @@
 //! platescore: scores food photos for nutrition apps.
 //!
-//! Modules by capability: `api` (HTTP), `intake` (accepting jobs), `store` (the job store
+//! Modules by capability: `api` (HTTP), `intake` (accepting jobs), `limits` (per-partner
+//! enqueue rate and queue cap), `store` (the job store
 //! and outbox), `worker` (scoring queued jobs), `inference` (the scorer), `delivery`
 //! (webhooks), `scheduling` (the daily reconciliation), `objects` (image storage), `imaging`
 //! (format and header checks), `outbound` (the guard on URLs we contact), `config`,
@@ -13,6 +14,7 @@ pub mod delivery;
 pub mod imaging;
 pub mod inference;
 pub mod intake;
+pub mod limits;
 pub mod metrics;
 pub mod objects;
 pub mod outbound;

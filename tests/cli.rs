@@ -90,6 +90,88 @@ fn partners_create_prints_only_the_key_on_stdout() {
     assert!(!missing.status.success());
 }
 
+/// `partners set-limit` sets a partner's own limits (a number, `unlimited` or `default`
+/// each), leaves the ones not named as they are, and prints them.
+#[test]
+fn partners_set_limit_sets_and_clears_a_partners_own_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let created = platescore(dir.path())
+        .args(["partners", "create", "Diary App"])
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    let listing = platescore(dir.path())
+        .args(["partners", "list"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    let id = listing
+        .lines()
+        .find(|l| l.contains("Diary App"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let set_limit = |args: &[&str]| {
+        let output = platescore(dir.path())
+            .args(["partners", "set-limit", &id])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8(output.stdout).unwrap(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    };
+    let (ok, stdout, stderr) = set_limit(&["--per-second", "5", "--max-queued", "100"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "per_second=5 burst=default max_queued=100\n");
+    assert!(stderr.contains("auth_cache_seconds"), "{stderr}");
+    let listing = platescore(dir.path())
+        .args(["partners", "list"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    assert!(
+        listing.contains("active, per_second=5, max_queued=100"),
+        "the listing shows a partner's own limits: {listing}"
+    );
+    let (ok, stdout, _) = set_limit(&["--burst", "20", "--max-queued", "unlimited"]);
+    assert!(ok);
+    assert_eq!(stdout, "per_second=5 burst=20 max_queued=unlimited\n");
+    let (ok, stdout, _) = set_limit(&["--per-second", "default", "--burst", "default"]);
+    assert!(ok);
+    assert_eq!(
+        stdout,
+        "per_second=default burst=default max_queued=unlimited\n"
+    );
+
+    for refused in [
+        &[][..],
+        &["--per-second", "0"],
+        &["--per-second", "fast"],
+        &["--burst", "unlimited"],
+    ] {
+        let (ok, _, stderr) = set_limit(refused);
+        assert!(!ok, "{refused:?} is refused");
+        assert!(!stderr.is_empty());
+    }
+    let missing = platescore(dir.path())
+        .args([
+            "partners",
+            "set-limit",
+            "00000000-0000-0000-0000-000000000000",
+            "--per-second",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no partner"));
+}
+
 #[test]
 fn openapi_prints_the_committed_spec() {
     let dir = tempfile::tempdir().unwrap();

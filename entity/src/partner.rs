@@ -24,6 +24,12 @@ pub struct Model {
     pub previous_key_prefix: Option<String>,
     pub previous_key_hash: Option<String>,
     pub previous_key_expires_at: Option<DateTimeUtc>,
+    /// Enqueue requests per second this partner may make; the configured default when null.
+    pub rate_limit_per_second: Option<i32>,
+    /// Requests this partner may make at once above its rate; the configured default when null.
+    pub rate_limit_burst: Option<i32>,
+    /// Jobs this partner may have queued or in progress; the configured default when null.
+    pub max_queued_jobs: Option<i32>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -154,6 +154,9 @@ mod tests {
             previous_key_prefix: None,
             previous_key_hash: None,
             previous_key_expires_at: None,
+            rate_limit_per_second: None,
+            rate_limit_burst: None,
+            max_queued_jobs: None,
         }
     }
 

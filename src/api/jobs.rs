@@ -18,13 +18,14 @@ use super::{
         DeliveryDetail, DeliveryList, DeliveryState, EnqueueUrlRequest, Job, JobPage, JobState,
         Redelivery, StatusBatchRequest, StatusBatchResponse,
     },
+    limits::{too_many_requests, EnqueueAuth, RateLimitFields, QUEUE_FULL_RETRY_AFTER_SECONDS},
     payload::{JsonBody, UploadForm},
-    problem::{ApiProblem, ApiResult, ProblemCode},
+    problem::{ApiProblem, ApiResult, Problem, ProblemCode},
     ApiTags, AppState,
 };
 use crate::{
     inference::DietTag,
-    intake::{EnqueueRequest, Enqueued, ImageSource},
+    intake::{EnqueueRequest, Enqueued, ImageSource, IntakeError},
     store::{
         deliveries,
         jobs::{self, JobFilter, PageOrder},
@@ -41,6 +42,8 @@ pub enum EnqueueBody {
     Multipart(UploadForm),
 }
 
+// Built once per request and sent at once: the size of the rarer 429 does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(ApiResponse)]
 pub enum EnqueueResponse {
     /// Accepted: the job is queued. A repeat with the same `Idempotency-Key` or
@@ -55,6 +58,30 @@ pub enum EnqueueResponse {
         /// `true` when this answer replays an earlier request's job; absent otherwise.
         #[oai(header = "Idempotent-Replayed")]
         Option<bool>,
+        /// The limits that apply to you (draft-ietf-httpapi-ratelimit-headers):
+        /// `"rate";q=<requests>;w=<seconds>`, `"queue";q=<jobs>;qu="concurrent-requests"`.
+        /// Absent when none does.
+        #[oai(header = "RateLimit-Policy")]
+        Option<String>,
+        /// What is left of each limit: `"rate";r=<requests>;t=<seconds until refilled>`,
+        /// `"queue";r=<jobs>`. Absent when none applies.
+        #[oai(header = "RateLimit")]
+        Option<String>,
+    ),
+    /// Over a limit: `rate_limited` (your enqueue rate) or `queue_full` (your jobs queued or
+    /// in progress). Nothing was written; retry after `Retry-After` seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(
+        Json<Problem>,
+        /// Seconds to wait before enqueuing again.
+        #[oai(header = "Retry-After")]
+        u64,
+        /// The limits that apply to you, as on `202`.
+        #[oai(header = "RateLimit-Policy")]
+        String,
+        /// What is left of each limit, as on `202`.
+        #[oai(header = "RateLimit")]
+        String,
     ),
 }
 
@@ -119,7 +146,7 @@ impl JobsApi {
     async fn enqueue(
         &self,
         state: Data<&Arc<AppState>>,
-        auth: PartnerAuth,
+        auth: EnqueueAuth,
         raw: &poem::Request,
         body: EnqueueBody,
         /// Makes retries safe: the same key with the same body returns the same job.
@@ -162,7 +189,7 @@ impl JobsApi {
     async fn enqueue_upload(
         &self,
         state: Data<&Arc<AppState>>,
-        auth: PartnerAuth,
+        auth: EnqueueAuth,
         raw: &poem::Request,
         form: UploadForm,
         /// Makes retries safe: the same key with the same body returns the same job.
@@ -428,15 +455,41 @@ impl std::fmt::Display for PageCursor {
 
 async fn enqueue(
     state: &AppState,
-    auth: &PartnerAuth,
+    auth: &EnqueueAuth,
     request: EnqueueRequest,
 ) -> ApiResult<EnqueueResponse> {
-    let (job, replayed) = match state.intake.enqueue(auth.partner().id, request).await? {
-        Enqueued::Created(job) => (Job::from(job), None),
-        Enqueued::Replayed(job) => (Job::from(job), Some(true)),
+    let partner = auth.partner();
+    let max_queued = state.limits.max_queued_jobs(partner);
+    let mut fields = RateLimitFields::default();
+    if let Some(rate) = auth.rate() {
+        fields = fields.with_rate(rate);
+    }
+    let (job, replayed) = match state.intake.enqueue(partner.id, request, max_queued).await {
+        Ok(Enqueued::Created { job, unfinished }) => {
+            if let (Some(max), Some(unfinished)) = (max_queued, unfinished) {
+                fields = fields.with_queue(max, unfinished);
+            }
+            (Job::from(job), None)
+        }
+        Ok(Enqueued::Replayed(job)) => (Job::from(job), Some(true)),
+        Err(err @ IntakeError::QueueFull { max }) => {
+            let fields = fields.with_queue(max, u64::from(max));
+            return Ok(too_many_requests(
+                ApiProblem::from(err),
+                QUEUE_FULL_RETRY_AFTER_SECONDS,
+                fields,
+            ));
+        }
+        Err(err) => return Err(err.into()),
     };
     let location = format!("/status/{}", job.job_id);
-    Ok(EnqueueResponse::Accepted(Json(job), location, replayed))
+    Ok(EnqueueResponse::Accepted(
+        Json(job),
+        location,
+        replayed,
+        fields.policy(),
+        fields.limit(),
+    ))
 }
 
 /// poem reads a header that is not visible ASCII as absent; such a key is refused, not

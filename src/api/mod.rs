@@ -7,6 +7,7 @@ pub mod dto;
 mod health;
 mod jobs;
 mod keys;
+mod limits;
 mod observe;
 mod openapi;
 mod payload;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub metrics_token: Option<String>,
     /// What this node scores with; `None` on API-only nodes.
     pub scoring: Option<ScoringInfo>,
+    /// Partners' enqueue limits, and this node's rate buckets.
+    pub limits: crate::limits::PartnerLimits,
 }
 
 /// The model runtime and model version a worker node scores with.

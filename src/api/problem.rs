@@ -108,6 +108,10 @@ pub enum ProblemCode {
     ClientReferenceInvalid,
     /// 409: the partner has as many webhook endpoints as allowed.
     WebhookLimitReached,
+    /// 429: over the partner's enqueue rate; retry after `Retry-After` seconds.
+    RateLimited,
+    /// 429: the partner has as many jobs queued or in progress as allowed.
+    QueueFull,
     /// 500: an internal error; it was logged.
     InternalError,
     /// 503: the image store is unavailable; retry later.
@@ -129,6 +133,7 @@ impl ProblemCode {
                 StatusCode::CONFLICT
             }
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RateLimited | QueueFull => StatusCode::TOO_MANY_REQUESTS,
             UnsupportedContentType | UnsupportedImageFormat => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ValidationFailed
             | ImageMissing
@@ -355,6 +360,8 @@ impl From<IntakeError> for ApiProblem {
             IntakeError::IdempotencyKeyReused => ProblemCode::IdempotencyKeyReused,
             IntakeError::ClientReference(_) => ProblemCode::ClientReferenceInvalid,
             IntakeError::ClientReferenceReused => ProblemCode::ClientReferenceReused,
+            // Enqueue answers it itself, with its headers.
+            IntakeError::QueueFull { .. } => ProblemCode::QueueFull,
         };
         ApiProblem::new(code, err.to_string())
     }

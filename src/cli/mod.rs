@@ -19,7 +19,10 @@ use crate::{
     objects,
     scheduling::Reconciler,
     startup::{self, Application, Role},
-    store::{partners, Db},
+    store::{
+        partners::{self, LimitChanges, LimitOverride},
+        Db,
+    },
     telemetry,
 };
 
@@ -136,6 +139,27 @@ pub enum PartnersCommand {
     List,
     /// Revoke a partner's API key.
     Revoke { id: Uuid },
+    /// Set a partner's own enqueue limits (each: a number, `unlimited`, or `default` for the
+    /// configured one), print them, and exit. API nodes apply them within
+    /// `auth_cache_seconds`.
+    #[command(group(
+        clap::ArgGroup::new("limits")
+            .required(true)
+            .multiple(true)
+            .args(["per_second", "burst", "max_queued"])
+    ))]
+    SetLimit {
+        id: Uuid,
+        /// Enqueue requests a second (per API node).
+        #[arg(long, value_name = "N|unlimited|default")]
+        per_second: Option<LimitOverride>,
+        /// Enqueue requests at once above the rate.
+        #[arg(long, value_name = "N|default")]
+        burst: Option<LimitOverride>,
+        /// Jobs queued or in progress at once.
+        #[arg(long, value_name = "N|unlimited|default")]
+        max_queued: Option<LimitOverride>,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -248,6 +272,15 @@ async fn manage_partners(config: &Config, command: PartnersCommand) -> anyhow::R
                 if p.is_admin {
                     status.push_str(", admin");
                 }
+                for (name, column) in [
+                    ("per_second", p.rate_limit_per_second),
+                    ("burst", p.rate_limit_burst),
+                    ("max_queued", p.max_queued_jobs),
+                ] {
+                    if column.is_some() {
+                        status.push_str(&format!(", {name}={}", LimitOverride::of(column)));
+                    }
+                }
                 println!(
                     "{:<36}  {:<16}  {:<20}  {:<25}  {status}",
                     p.id,
@@ -261,6 +294,37 @@ async fn manage_partners(config: &Config, command: PartnersCommand) -> anyhow::R
         PartnersCommand::Revoke { id } => {
             anyhow::ensure!(partners::revoke(&db, id).await?, "no partner {id}");
             eprintln!("revoked the key of partner {id}");
+        }
+        PartnersCommand::SetLimit {
+            id,
+            per_second,
+            burst,
+            max_queued,
+        } => {
+            anyhow::ensure!(
+                burst != Some(LimitOverride::Unlimited),
+                "--burst is a number or `default`"
+            );
+            let changes = LimitChanges {
+                rate_per_second: per_second,
+                burst,
+                max_queued_jobs: max_queued,
+            };
+            let partner = partners::set_limits(&db, id, changes)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no partner {id}"))?;
+            let own = |column| LimitOverride::of(column).to_string();
+            println!(
+                "per_second={} burst={} max_queued={}",
+                own(partner.rate_limit_per_second),
+                own(partner.rate_limit_burst),
+                own(partner.max_queued_jobs)
+            );
+            eprintln!(
+                "set the limits of partner `{}` ({id}); API nodes apply them within \
+                 auth_cache_seconds ({} s)",
+                partner.name, config.auth_cache_seconds
+            );
         }
     }
     db.close().await;

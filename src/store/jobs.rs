@@ -52,6 +52,8 @@ pub enum InsertOutcome {
     Created(Box<job::Model>),
     /// An earlier request with the same idempotency key or client reference.
     Earlier(Earlier),
+    /// The partner has as many jobs queued or in progress as allowed (see [`insert_within`]).
+    QueueFull,
 }
 
 /// What an earlier request with the same idempotency key (or else client reference) made.
@@ -68,7 +70,75 @@ pub enum Earlier {
 /// Inserts the job, unless an earlier request took its idempotency key or client reference
 /// (also when one races this one: the unique indexes decide).
 pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
-    let now = db.now().await;
+    let turn = fair::next_turn(db.reader(), FairQueue::Jobs, new.partner_id).await?;
+    let row = new_row(&new, db.now().await, turn);
+    match row.insert(db.writer()).await {
+        Ok(created) => Ok(InsertOutcome::Created(Box::new(created))),
+        Err(err) => lost_race(db, &new, err).await,
+    }
+}
+
+/// Inserts the job as [`insert`] does, unless the partner has `max_unfinished` jobs queued
+/// or in progress already. The count and the insert are one transaction that holds the
+/// partner's row, so concurrent requests take turns and never pass the cap together.
+/// Returns the partner's unfinished jobs before this one, as counted.
+pub async fn insert_within(
+    db: &Db,
+    new: NewJob,
+    max_unfinished: u64,
+) -> Result<(InsertOutcome, u64), StoreError> {
+    let txn = db.begin_write().await?;
+    super::partners::lock_for_update(&txn, new.partner_id).await?;
+    let unfinished = count_unfinished(&txn, new.partner_id).await?;
+    if unfinished >= max_unfinished {
+        txn.rollback().await?;
+        return Ok((InsertOutcome::QueueFull, unfinished));
+    }
+    let turn = fair::next_turn(&txn, FairQueue::Jobs, new.partner_id).await?;
+    let row = new_row(&new, db.now().await, turn);
+    match row.insert(&txn).await {
+        Ok(created) => {
+            txn.commit().await?;
+            Ok((InsertOutcome::Created(Box::new(created)), unfinished))
+        }
+        Err(err) => {
+            // Ended first: on SQLite the transaction holds the one writer connection that
+            // the lookup of the earlier request reads from.
+            txn.rollback().await?;
+            Ok((lost_race(db, &new, err).await?, unfinished))
+        }
+    }
+}
+
+/// The partner's jobs that are queued or in progress (read from the index on
+/// `(partner_id, status, id)` alone).
+pub async fn count_unfinished(
+    conn: &impl ConnectionTrait,
+    partner_id: Uuid,
+) -> Result<u64, StoreError> {
+    let count: Option<i64> = job::Entity::find()
+        .select_only()
+        .column_as(job::Column::Id.count(), "unfinished")
+        .filter(job::Column::PartnerId.eq(partner_id))
+        .filter(job::Column::Status.is_in([JobStatus::Queued, JobStatus::InProgress]))
+        .into_tuple()
+        .one(conn)
+        .await?;
+    Ok(count.unwrap_or(0).max(0) as u64)
+}
+
+/// What a failed insert means: another request with the same key or reference raced this
+/// one and won, or a real error.
+async fn lost_race(db: &Db, new: &NewJob, err: DbErr) -> Result<InsertOutcome, StoreError> {
+    if !matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
+        return Err(err.into());
+    }
+    let earlier = find_earlier(db, new).await?.ok_or(StoreError::Db(err))?;
+    Ok(InsertOutcome::Earlier(earlier))
+}
+
+/// The new job's row, queued and due at `now`, at its `turn` in the fair queue.
+fn new_row(new: &NewJob, now: chrono::DateTime<Utc>, turn: i64) -> job::ActiveModel {
     let (image_url, image_key, image_sha256, image_bytes, image_format, image_width, image_height) =
         match new.image.clone() {
             NewJobImage::Url(url) => (Some(url), None, None, None, None, None, None),
@@ -89,8 +159,7 @@ pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
                 Some(height),
             ),
         };
-    let turn = fair::next_turn(db.reader(), FairQueue::Jobs, new.partner_id).await?;
-    let model = job::ActiveModel {
+    job::ActiveModel {
         id: Set(new.id),
         partner_id: Set(new.partner_id),
         status: Set(JobStatus::Queued),
@@ -123,15 +192,6 @@ pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
         diets: Set(new.diets.clone()),
         lang: Set(new.lang.clone()),
         turn: Set(turn),
-    };
-    match model.insert(db.writer()).await {
-        Ok(created) => Ok(InsertOutcome::Created(Box::new(created))),
-        // Two requests with one key or reference raced; the other one won.
-        Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-            let earlier = find_earlier(db, &new).await?.ok_or(StoreError::Db(err))?;
-            Ok(InsertOutcome::Earlier(earlier))
-        }
-        Err(err) => Err(err.into()),
     }
 }
 

@@ -81,6 +81,9 @@ async fn insert(
         previous_key_prefix: Set(None),
         previous_key_hash: Set(None),
         previous_key_expires_at: Set(None),
+        rate_limit_per_second: Set(None),
+        rate_limit_burst: Set(None),
+        max_queued_jobs: Set(None),
     }
     .insert(conn)
     .await?;
@@ -239,4 +242,93 @@ pub async fn webhook_secret(db: &Db, id: Uuid, candidate: String) -> Result<Stri
         .await?
         .and_then(|p| p.webhook_secret)
         .ok_or(StoreError::PartnerNotFound(id))
+}
+
+/// A partner's own value for one of its limits, as its column holds it: NULL for the
+/// configured default, 0 for no limit, else the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitOverride {
+    Default,
+    Unlimited,
+    Exactly(u32),
+}
+
+/// The largest limit a column holds.
+pub const MAX_LIMIT: u32 = i32::MAX as u32;
+
+impl LimitOverride {
+    /// What a limit column holds, read.
+    pub fn of(column: Option<i32>) -> Self {
+        match column {
+            None => Self::Default,
+            Some(n) if n <= 0 => Self::Unlimited,
+            Some(n) => Self::Exactly(n as u32),
+        }
+    }
+
+    fn column(self) -> Option<i32> {
+        match self {
+            Self::Default => None,
+            Self::Unlimited => Some(0),
+            Self::Exactly(n) => Some(n.clamp(1, MAX_LIMIT) as i32),
+        }
+    }
+}
+
+impl std::str::FromStr for LimitOverride {
+    type Err = String;
+
+    /// A positive number, `unlimited`, or `default`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "default" => Ok(Self::Default),
+            "unlimited" => Ok(Self::Unlimited),
+            number => match number.parse::<u32>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(Self::Exactly(n)),
+                _ => Err(format!(
+                    "`{text}`: expected a number from 1 to {MAX_LIMIT}, `unlimited` or `default`"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for LimitOverride {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Default => f.write_str("default"),
+            Self::Unlimited => f.write_str("unlimited"),
+            Self::Exactly(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Which of a partner's limits to change; `None` leaves one as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LimitChanges {
+    pub rate_per_second: Option<LimitOverride>,
+    pub burst: Option<LimitOverride>,
+    pub max_queued_jobs: Option<LimitOverride>,
+}
+
+/// Sets a partner's own limits. Returns the partner as it now is, or `None` when there is
+/// no such partner. API nodes see the change once their cached copy of the partner expires
+/// (`auth_cache_seconds`).
+pub async fn set_limits(
+    db: &Db,
+    id: Uuid,
+    changes: LimitChanges,
+) -> Result<Option<partner::Model>, StoreError> {
+    let mut update = partner::Entity::update_many().filter(partner::Column::Id.eq(id));
+    for (column, change) in [
+        (partner::Column::RateLimitPerSecond, changes.rate_per_second),
+        (partner::Column::RateLimitBurst, changes.burst),
+        (partner::Column::MaxQueuedJobs, changes.max_queued_jobs),
+    ] {
+        if let Some(change) = change {
+            update = update.col_expr(column, Expr::value(change.column()));
+        }
+    }
+    update.exec(db.writer()).await?;
+    find(db, id).await
 }

@@ -9,6 +9,7 @@ mod fairness;
 mod health;
 mod helpers;
 mod lifecycle;
+mod limits;
 mod openapi;
 mod operations;
 mod queue;
