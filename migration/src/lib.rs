@@ -12,6 +12,7 @@ mod m20261123_000004_lifecycle;
 mod m20261123_000005_job_diets;
 mod m20261123_000006_overview_indexes;
 mod m20261130_000007_partner_contract;
+mod m20261130_000009_reconcile_leases;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000005_job_diets::Migration),
             Box::new(m20261123_000006_overview_indexes::Migration),
             Box::new(m20261130_000007_partner_contract::Migration),
+            Box::new(m20261130_000009_reconcile_leases::Migration),
         ]
     }
 }
