@@ -460,16 +460,24 @@ async fn a_slot_whose_node_died_is_taken_over_once_its_lease_lapses() {
     let key = load(&app, expired).await.unwrap().image_key.unwrap();
     let objects = platescore::objects::open(&app.config).await.unwrap();
     objects.delete(&key).await.unwrap();
-    let died = crashed_run(&app, slot, slot).await;
+    let mut died = crashed_run(&app, slot, slot).await;
+    // Its one heartbeat, ten seconds in, before it died.
+    assert!(
+        reconcile_runs::renew_lease(&app.db, &mut died, slot + Duration::seconds(10), LEASE)
+            .await
+            .unwrap()
+    );
+    let lapses = slot + Duration::seconds(70);
+    assert_eq!(died.expires_at, lapses);
 
     // While its lease lives, the slot is the dead node's: nobody can tell it from a slow one.
     let live = reconciler(&app).await;
     let held = live
-        .run_slot(slot, "schedule", slot + Duration::seconds(59), &running())
+        .run_slot(slot, "schedule", lapses - Duration::seconds(1), &running())
         .await
         .unwrap();
     assert!(
-        matches!(held, SlotOutcome::Held { lease_expires_at } if lease_expires_at == slot + Duration::seconds(60)),
+        matches!(held, SlotOutcome::Held { lease_expires_at } if lease_expires_at == lapses),
         "{held:?}"
     );
     assert!(endpoints::find_many(&app.db, &[dead]).await.unwrap()[0]
@@ -478,7 +486,7 @@ async fn a_slot_whose_node_died_is_taken_over_once_its_lease_lapses() {
 
     // Once it has lapsed, a live node takes the slot over and runs it to the end, the
     // half-done retention included.
-    let later = slot + Duration::seconds(61);
+    let later = lapses + Duration::seconds(1);
     let outcome = live
         .run_slot(slot, "schedule", later, &running())
         .await
@@ -502,7 +510,6 @@ async fn a_slot_whose_node_died_is_taken_over_once_its_lease_lapses() {
     assert!(run.error.is_none());
 
     // Were the dead node only slow, it can neither renew, release nor finish the run now.
-    let mut died = died;
     assert!(
         !reconcile_runs::renew_lease(&app.db, &mut died, later, LEASE)
             .await
