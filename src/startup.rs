@@ -205,11 +205,10 @@ impl Application {
             self.wakeups.spawn_listener(shutdown.clone());
             tasks.spawn(background.jobs.run(shutdown.clone()));
             tasks.spawn(background.deliveries.run(shutdown.clone()));
-            tasks.spawn(scheduling::run(
-                background.reconciler,
-                background.schedule,
-                shutdown.clone(),
-            ));
+            let reconciliation =
+                scheduling::start(background.reconciler, background.schedule, shutdown.clone())
+                    .await?;
+            tasks.spawn(reconciliation.stopped());
         }
         let app = if self.role.serves_api() {
             api::app(self.state.clone(), self.max_body_bytes)
