@@ -361,6 +361,7 @@ impl Config {
                 self.disable_failing_endpoint_days * DAY,
             ),
             retention: Duration::from_secs(self.retention_days * DAY),
+            lease: Duration::from_secs(60),
         }
     }
 

@@ -166,7 +166,9 @@ impl Metrics {
             ),
             reconcile_runs: counter(
                 "platescore_reconcile_runs_total",
-                "Reconciliation slots, by result: ran, skipped (another node ran it), error.",
+                "Reconciliation slots, by result: ran, skipped (found finished: another node ran it), \
+                 error; taken_over when this node took over a slot whose node had stopped \
+                 renewing its lease (the run also counts as ran or error).",
                 &["result"],
             ),
             model_info: registered(
@@ -183,7 +185,7 @@ impl Metrics {
             registry,
         };
         // Known series start at 0, so a first increment is a visible step for `increase()`.
-        for result in ["ran", "skipped", "error"] {
+        for result in ["ran", "skipped", "error", "taken_over"] {
             metrics.reconcile_runs.with_label_values(&[result]);
         }
         for outcome in ["delivered", "failed", "timeout", "gone", "skipped"] {

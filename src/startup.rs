@@ -202,15 +202,19 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled. Then workers stop claiming, readiness turns
     /// false for `shutdown_drain_ms` while requests are still served, in-flight jobs finish
-    /// or are released within the grace period, webhook attempts in flight end, and the
-    /// listener drains its requests (up to 10 s).
+    /// or are released within the grace period, webhook attempts in flight end, a
+    /// reconciliation in progress stops and releases its slot for another node to take
+    /// over, and the listener drains its requests (up to 10 s).
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(background) = self.background {
             self.wakeups.spawn_listener(shutdown.clone());
             tasks.spawn(background.jobs.run(shutdown.clone()));
             tasks.spawn(background.deliveries.run(shutdown.clone()));
-            scheduling::start(background.reconciler, background.schedule, shutdown.clone()).await?;
+            let reconciliation =
+                scheduling::start(background.reconciler, background.schedule, shutdown.clone())
+                    .await?;
+            tasks.spawn(reconciliation.stopped());
         }
         let app = if self.role.serves_api() {
             api::app(self.state.clone(), self.max_body_bytes)

@@ -7,7 +7,7 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
-    /// The scheduled instant; unique, so one node runs each slot.
+    /// The scheduled instant (a manual run's start); unique: one run per slot.
     #[sea_orm(unique)]
     pub slot: DateTimeUtc,
     /// `schedule` or `manual`.
@@ -21,6 +21,12 @@ pub struct Model {
     pub jobs_deleted: i64,
     pub objects_deleted: i64,
     pub error: Option<String>,
+    /// The node running it: its lease token, renewed until `lease_expires_at` while it runs.
+    /// Another node takes an unfinished run over once its lease has lapsed.
+    pub lease_token: Option<Uuid>,
+    pub lease_expires_at: Option<DateTimeUtc>,
+    /// How many times another node took the run over after its node stopped renewing.
+    pub takeovers: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -13,6 +13,7 @@ mod m20261123_000005_job_diets;
 mod m20261123_000006_overview_indexes;
 mod m20261130_000007_partner_contract;
 mod m20261130_000008_partner_limits;
+mod m20261130_000009_reconcile_leases;
 mod m20261130_000010_fair_queues;
 
 pub struct Migrator;
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000006_overview_indexes::Migration),
             Box::new(m20261130_000007_partner_contract::Migration),
             Box::new(m20261130_000008_partner_limits::Migration),
+            Box::new(m20261130_000009_reconcile_leases::Migration),
             Box::new(m20261130_000010_fair_queues::Migration),
         ]
     }

@@ -17,7 +17,7 @@ use crate::{
     api,
     config::Config,
     objects,
-    scheduling::Reconciler,
+    scheduling::{Reconciler, SlotOutcome},
     startup::{self, Application, Role},
     store::{
         partners::{self, LimitChanges, LimitOverride},
@@ -234,10 +234,18 @@ async fn reconcile_now(config: Config) -> anyhow::Result<()> {
         api::webhook_payload_renderer(),
         config.reconcile_settings(),
     );
-    let now = chrono::Utc::now();
-    match reconciler.run_slot(now, "manual", now).await? {
-        Some(counts) => println!("{}", serde_json::to_string(&counts)?),
-        None => anyhow::bail!("a reconciliation already ran at this instant"),
+    let now = reconciler.db().now().await;
+    let stop = CancellationToken::new();
+    match reconciler.run_slot(now, "manual", now, &stop).await? {
+        SlotOutcome::Ran {
+            counts,
+            error: None,
+            ..
+        } => println!("{}", serde_json::to_string(&counts)?),
+        SlotOutcome::Ran {
+            error: Some(err), ..
+        } => return Err(err.into()),
+        _ => anyhow::bail!("a reconciliation already ran at this instant"),
     }
     Ok(())
 }

@@ -1,10 +1,14 @@
 //! The daily reconciliation: requeue or fail stuck jobs, reschedule undelivered webhooks,
 //! disable endpoints that keep failing, and delete what is past retention. Each run claims
-//! its slot first, so one node runs it, and records what it did.
+//! its slot first, so one node runs it, holds the slot under a lease that it renews while it
+//! runs, and records what it did. A slot whose node died is taken over once its lease has
+//! lapsed; every step is a conditional change of what is still stale, so running a slot
+//! again (or beside a node that lost its lease) only does what is left.
 
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
@@ -12,7 +16,7 @@ use crate::{
     store::{
         deliveries::{self, PayloadRenderer},
         endpoints, jobs, queue,
-        reconcile_runs::{self, ReconcileCounts},
+        reconcile_runs::{self, ReconcileCounts, SlotClaim, SlotLease},
         Db, StoreError,
     },
 };
@@ -35,6 +39,30 @@ pub struct ReconcileSettings {
     pub disable_failing_endpoints_after: Duration,
     /// Jobs, their results and images older than this are deleted.
     pub retention: Duration,
+    /// A run's hold on its slot, renewed every third of it while it runs: a slot whose node
+    /// died is taken over once this has passed since the last renewal.
+    pub lease: Duration,
+}
+
+/// How a node's attempt at a slot ended.
+#[derive(Debug)]
+pub enum SlotOutcome {
+    /// This node ran the slot (`taken_over`: after another node's lease lapsed) and recorded
+    /// its counts, or its error.
+    Ran {
+        counts: ReconcileCounts,
+        error: Option<ReconcileError>,
+        taken_over: bool,
+    },
+    /// The slot's run had finished already, here or on another node.
+    Finished,
+    /// Another node runs it under a live lease, which ends then unless renewed.
+    Held { lease_expires_at: DateTime<Utc> },
+    /// `stop` fired mid-run: the lease was released for another node to take over.
+    Released,
+    /// This node's lease lapsed mid-run and another node took the slot over; this run
+    /// stopped and recorded nothing.
+    LeaseLost,
 }
 
 pub struct Reconciler {
@@ -69,28 +97,100 @@ impl Reconciler {
         })
     }
 
-    /// Runs the slot unless another node (or an earlier run) claimed it: None then.
-    /// `now` is the clock the run reasons with; tests pass their own.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn settings(&self) -> &ReconcileSettings {
+        &self.settings
+    }
+
+    /// One attempt at a slot: claims it (or takes it over if its lease lapsed) and runs it,
+    /// renewing the lease every third of it, unless it has finished or another node holds
+    /// it. `now` is the database's time (`Db::now`), which the claim and the run reason
+    /// with; tests pass their own. When `stop` fires mid-run, the run stops and its lease is
+    /// released, so another node (or this one, at its next start) takes it over: every step
+    /// is safe to run again. Errors are the claim's or the record's; the run's own error is
+    /// recorded and returned in [`SlotOutcome::Ran`].
     pub async fn run_slot(
         &self,
         slot: DateTime<Utc>,
         trigger: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<ReconcileCounts>, ReconcileError> {
+        stop: &CancellationToken,
+    ) -> Result<SlotOutcome, ReconcileError> {
         let runs = &crate::metrics::get().reconcile_runs;
-        let claimed = reconcile_runs::claim_slot(&self.db, slot, trigger, now).await;
-        let Some(run_id) = claimed.inspect_err(|_| runs.with_label_values(&["error"]).inc())?
-        else {
-            runs.with_label_values(&["skipped"]).inc();
-            return Ok(None);
+        let claim = reconcile_runs::claim_slot(&self.db, slot, trigger, now, self.settings.lease)
+            .await
+            .inspect_err(|_| runs.with_label_values(&["error"]).inc())?;
+        let mut lease = match claim {
+            SlotClaim::Claimed(lease) => lease,
+            SlotClaim::Finished => {
+                runs.with_label_values(&["skipped"]).inc();
+                return Ok(SlotOutcome::Finished);
+            }
+            SlotClaim::Held { lease_expires_at } => {
+                return Ok(SlotOutcome::Held { lease_expires_at })
+            }
         };
+        if lease.taken_over {
+            runs.with_label_values(&["taken_over"]).inc();
+            tracing::warn!(%slot, "taking over a reconciliation whose node stopped renewing its lease");
+        }
         let mut counts = ReconcileCounts::default();
-        let outcome = self.reconcile(now, &mut counts).await;
-        let error = outcome.as_ref().err().map(ToString::to_string);
+        let outcome = tokio::select! {
+            biased;
+            () = stop.cancelled() => None,
+            () = self.keep_lease(&mut lease) => {
+                tracing::warn!(%slot, "lost the reconciliation's lease to another node; stopping");
+                return Ok(SlotOutcome::LeaseLost);
+            }
+            outcome = self.reconcile(now, &mut counts) => Some(outcome),
+        };
+        let Some(outcome) = outcome else {
+            if !reconcile_runs::release(&self.db, &lease).await? {
+                return Ok(SlotOutcome::LeaseLost);
+            }
+            return Ok(SlotOutcome::Released);
+        };
+        let error = outcome.err();
+        let message = error.as_ref().map(ToString::to_string);
+        let finished_at = self.db.now().await.max(now);
+        let recorded =
+            reconcile_runs::record_finish(&self.db, &lease, counts, message, finished_at)
+                .await
+                .inspect_err(|_| runs.with_label_values(&["error"]).inc())?;
+        if !recorded {
+            return Ok(SlotOutcome::LeaseLost);
+        }
         runs.with_label_values(&[if error.is_some() { "error" } else { "ran" }])
             .inc();
-        reconcile_runs::record_finish(&self.db, run_id, counts, error, Utc::now()).await?;
-        outcome.map(|()| Some(counts))
+        Ok(SlotOutcome::Ran {
+            counts,
+            error,
+            taken_over: lease.taken_over,
+        })
+    }
+
+    /// Renews the lease every third of it, by the database's clock; returns when another
+    /// node has taken the run over. A failed renewal is tried again at the next beat.
+    async fn keep_lease(&self, lease: &mut SlotLease) {
+        let beat = self.settings.lease / 3;
+        loop {
+            tokio::time::sleep(beat).await;
+            match reconcile_runs::renew_lease(
+                &self.db,
+                lease,
+                self.db.now().await,
+                self.settings.lease,
+            )
+            .await
+            {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(err) => tracing::warn!(error = %err, "renewing the reconciliation's lease"),
+            }
+        }
     }
 
     async fn reconcile(

@@ -190,10 +190,17 @@ async fn seed(app: &TestApp) -> Seeded {
         (base - chrono::Duration::days(1), 2, None),
         (base, 0, Some("database: connection reset".to_string())),
     ] {
-        let id = reconcile_runs::claim_slot(&app.db, slot, "schedule", slot)
-            .await
-            .unwrap()
-            .unwrap();
+        let reconcile_runs::SlotClaim::Claimed(lease) = reconcile_runs::claim_slot(
+            &app.db,
+            slot,
+            "schedule",
+            slot,
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap() else {
+            panic!("the slot was free");
+        };
         let counts = reconcile_runs::ReconcileCounts {
             jobs_requeued: requeued,
             jobs_failed_stale: 1,
@@ -201,7 +208,7 @@ async fn seed(app: &TestApp) -> Seeded {
         };
         reconcile_runs::record_finish(
             &app.db,
-            id,
+            &lease,
             counts,
             error,
             slot + chrono::Duration::seconds(2),

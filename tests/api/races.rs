@@ -9,7 +9,7 @@ use entity::job;
 use platescore::{
     api,
     objects::{ObjectStore, ObjectStoreError},
-    scheduling::{ReconcileSettings, Reconciler},
+    scheduling::{ReconcileSettings, Reconciler, SlotOutcome},
 };
 use sea_orm::{sea_query::Expr, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::Value;
@@ -105,9 +105,13 @@ async fn retention_never_deletes_the_image_of_a_job_committed_during_the_sweep()
             max_attempts: 3,
             disable_failing_endpoints_after: std::time::Duration::from_secs(5 * 86400),
             retention: std::time::Duration::from_secs(30 * 86400),
+            lease: std::time::Duration::from_secs(60),
         },
     );
-    let sweep = tokio::spawn(async move { reconciler.run_slot(now, "manual", now).await });
+    let sweep = tokio::spawn(async move {
+        let running = tokio_util::sync::CancellationToken::new();
+        reconciler.run_slot(now, "manual", now, &running).await
+    });
 
     // The sweep has found the expired job's image unreferenced and is about to delete it...
     assert_eq!(deletes.recv().await.unwrap(), expired_key);
@@ -115,7 +119,15 @@ async fn retention_never_deletes_the_image_of_a_job_committed_during_the_sweep()
     let fresh = upload(&app, photo.clone()).await;
     let fresh_key = image_key(&app, fresh).await;
     go.add_permits(1000);
-    let counts = sweep.await.unwrap().unwrap().expect("the slot was free");
+    let outcome = sweep.await.unwrap().unwrap();
+    let SlotOutcome::Ran {
+        counts,
+        error: None,
+        ..
+    } = outcome
+    else {
+        panic!("the sweep did not run cleanly: {outcome:?}");
+    };
     assert_eq!(counts.jobs_deleted, 1, "{counts:?}");
 
     // The new job's image is whole; the expired job's is gone.

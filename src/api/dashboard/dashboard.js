@@ -117,7 +117,7 @@ function render(overview) {
   ]);
   fillTable($("reconcile-runs"), overview.reconcile_runs, "No run yet.", (run) => [
     cell(time(run.slot), "nowrap"),
-    cell(run.trigger),
+    cell(run.takeovers ? `${run.trigger}, taken over ${run.takeovers}×` : run.trigger),
     cell(run.finished_at ? duration((Date.parse(run.finished_at) - Date.parse(run.started_at)) / 1000) : "running"),
     cell(run.jobs_requeued),
     cell(run.jobs_failed_stale),

@@ -44,6 +44,10 @@ pub struct ReconcileRun {
     pub objects_deleted: i64,
     #[oai(nullable)]
     pub error: Option<String>,
+    /// How many times another node took the run over because the node running it stopped
+    /// renewing its lease (it died, or shut down mid-run). The counts are those of the run
+    /// that finished.
+    pub takeovers: i32,
 }
 
 impl From<reconcile_run::Model> for ReconcileRun {
@@ -65,6 +69,7 @@ impl From<reconcile_run::Model> for ReconcileRun {
             jobs_deleted: r.jobs_deleted,
             objects_deleted: r.objects_deleted,
             error: r.error,
+            takeovers: r.takeovers,
         }
     }
 }
