@@ -102,8 +102,12 @@ pub struct Config {
     pub inference_workers: Option<usize>,
     /// Requests that may wait for a batch before callers are made to wait.
     pub batch_queue_capacity: usize,
-    /// Bytes a decoder may allocate for one image's pixels.
+    /// Memory the decode of one image may take, as estimated from its header.
     pub max_decode_bytes: u64,
+    /// Memory all images decoded at once on this node may take, as estimated from their
+    /// headers. An image waits for its share; one over the whole budget fails
+    /// `image_too_large`.
+    pub decode_memory_budget_bytes: u64,
     /// TensorRT: build FP16 engines.
     pub tensorrt_fp16: bool,
     /// TensorRT: folder for built engines, so restarts skip the build; default `<data_dir>/tensorrt`.
@@ -183,6 +187,7 @@ impl Default for Config {
             inference_workers: None,
             batch_queue_capacity: 256,
             max_decode_bytes: 512 * 1024 * 1024,
+            decode_memory_budget_bytes: 512 * 1024 * 1024,
             tensorrt_fp16: true,
             tensorrt_cache_dir: None,
             worker_concurrency: None,
@@ -245,6 +250,12 @@ impl Config {
         }
         if self.max_upload_bytes < 1024 {
             return Err(invalid("max_upload_bytes", "must be at least 1024"));
+        }
+        if self.decode_memory_budget_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "decode_memory_budget_bytes",
+                "must be at least 1 MiB",
+            ));
         }
         if self.max_image_pixels == 0 {
             return Err(invalid("max_image_pixels", "must be positive"));
@@ -410,6 +421,7 @@ impl Config {
                 max_pixels: self.max_image_pixels,
                 max_decode_bytes: self.max_decode_bytes,
             },
+            decode_budget_bytes: self.decode_memory_budget_bytes,
         }
     }
 

@@ -3,10 +3,11 @@
 //! Modules by capability: `api` (HTTP), `intake` (accepting jobs), `store` (the job store
 //! and outbox), `worker` (scoring queued jobs), `inference` (the scorer), `delivery`
 //! (webhooks), `scheduling` (the daily reconciliation), `objects` (image storage), `imaging`
-//! (format and header checks), `outbound` (the guard on URLs we contact), `config`,
-//! `startup` and `cli`.
+//! (format and header checks), `outbound` (the guard on URLs we contact), `budget` (memory
+//! budgets: byte-counted semaphores), `config`, `startup` and `cli`.
 
 pub mod api;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod delivery;
