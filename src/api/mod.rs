@@ -7,11 +7,13 @@ pub mod dto;
 mod health;
 mod jobs;
 mod keys;
+pub mod listener;
 mod observe;
 mod openapi;
 mod payload;
 pub mod problem;
 pub mod schema_check;
+mod upload_memory;
 mod webhooks;
 
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use poem_openapi::{OpenApiService, Tags};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    budget::MemoryBudget,
     intake::Intake,
     objects::ObjectStore,
     store::{deliveries::PayloadRenderer, Db},
@@ -109,9 +112,13 @@ fn to_text(document: &serde_json::Value) -> String {
     text
 }
 
-/// The whole HTTP app: API, spec, docs, the dashboard, the body limit and problem-details
-/// errors.
-pub fn app(state: Arc<AppState>, max_body_bytes: u64) -> impl Endpoint {
+/// The whole HTTP app: API, spec, docs, the dashboard, the body limit, the budget of bodies
+/// held in memory (`upload_memory`, at least `max_body_bytes`) and problem-details errors.
+pub fn app(
+    state: Arc<AppState>,
+    max_body_bytes: u64,
+    upload_memory: Arc<MemoryBudget>,
+) -> impl Endpoint {
     let service = service();
     let document = openapi::document(&service);
     let allowed = Arc::new(openapi::AllowedMethods::from_document(&document));
@@ -137,7 +144,12 @@ pub fn app(state: Arc<AppState>, max_body_bytes: u64) -> impl Endpoint {
         .nest("/dashboard", dashboard::routes())
         .at("/docs", docs())
         .at("/docs/", docs())
-        .nest("/", service.with(payload::BodyLimit::new(max_body_bytes)))
+        .nest(
+            "/",
+            service.with(payload::BodyLimit::new(max_body_bytes)).with(
+                upload_memory::UploadMemory::new(upload_memory, max_body_bytes),
+            ),
+        )
         .data(state)
         .catch_all_error(|err| async move { problem::any_error_to_problem(err) })
         .with(openapi::AllowOn405(allowed))
