@@ -204,7 +204,7 @@ impl Default for Config {
             inference_workers: None,
             batch_queue_capacity: 256,
             max_decode_bytes: 512 * 1024 * 1024,
-            decode_memory_budget_bytes: 512 * 1024 * 1024,
+            decode_memory_budget_bytes: 384 * 1024 * 1024,
             tensorrt_fp16: true,
             tensorrt_cache_dir: None,
             worker_concurrency: None,
