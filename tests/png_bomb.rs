@@ -187,6 +187,7 @@ fn thirty_two_png_bombs_at_once_stay_under_1_gib_and_are_all_scored() {
     for bomb in &bombs {
         assert!(bomb.len() < 1 << 20, "a bomb of {} bytes", bomb.len());
     }
+    let bomb_bytes = bombs[0].len();
     // A real PNG: its header says 7000×7000 16-bit RGBA, and every row inflates.
     let mut reader = png::Decoder::new(std::io::Cursor::new(&bombs[0][..]))
         .read_info()
@@ -287,10 +288,11 @@ fn thirty_two_png_bombs_at_once_stay_under_1_gib_and_are_all_scored() {
         assert_eq!(ready.status(), 200);
     });
     eprintln!(
-        "png bombs: peak RSS {} MiB (at rest {} MiB); bombs generated in {generated:.1?}, \
-         uploaded and scored in {processed:.1?}, {:.1?} in all",
+        "png bombs: peak RSS {} MiB (at rest {} MiB); {BOMBS} bombs of {} KB generated in \
+         {generated:.1?}, uploaded and scored in {processed:.1?}, {:.1?} in all",
         peak >> 20,
         at_rest >> 20,
+        bomb_bytes / 1000,
         started.elapsed()
     );
     assert!(
