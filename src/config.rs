@@ -522,6 +522,15 @@ mod tests {
                 database_url: Some("mysql://x".into()),
                 ..Config::default()
             },
+            // Every body must fit the upload memory budget, or it would wait forever.
+            Config {
+                upload_memory_budget_bytes: Config::default().max_upload_bytes - 1,
+                ..Config::default()
+            },
+            Config {
+                http_body_timeout_seconds: 0,
+                ..Config::default()
+            },
         ] {
             assert!(config.validate().is_err(), "{config:?}");
         }

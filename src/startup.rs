@@ -10,7 +10,9 @@ use poem::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::{self, auth::KeyCache, listener::ConnectionTimeouts, AppState, ScoringInfo},
+    api::{
+        self, auth::KeyCache, listener::ConnectionTimeouts, AppState, RequestLimits, ScoringInfo,
+    },
     budget::MemoryBudget,
     config::Config,
     delivery::DeliveryWorker,
@@ -60,6 +62,7 @@ pub struct Application {
     state: Arc<AppState>,
     max_body_bytes: u64,
     upload_memory: Arc<MemoryBudget>,
+    body_timeout: Duration,
     timeouts: ConnectionTimeouts,
     drain_delay: Duration,
     role: Role,
@@ -183,9 +186,9 @@ impl Application {
             }),
             max_body_bytes: config.max_upload_bytes,
             upload_memory: Arc::new(MemoryBudget::new(config.upload_memory_budget_bytes)),
+            body_timeout: Duration::from_secs(config.http_body_timeout_seconds),
             timeouts: ConnectionTimeouts {
                 header: Duration::from_secs(config.http_header_timeout_seconds),
-                body: Duration::from_secs(config.http_body_timeout_seconds),
                 idle: Duration::from_secs(config.http_idle_timeout_seconds),
             },
             drain_delay: Duration::from_millis(config.shutdown_drain_ms),
@@ -218,8 +221,11 @@ impl Application {
         let app = if self.role.serves_api() {
             api::app(
                 self.state.clone(),
-                self.max_body_bytes,
-                self.upload_memory.clone(),
+                RequestLimits {
+                    max_body_bytes: self.max_body_bytes,
+                    upload_memory: self.upload_memory.clone(),
+                    body_timeout: self.body_timeout,
+                },
             )
             .map_to_response()
             .boxed()

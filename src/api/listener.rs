@@ -2,42 +2,38 @@
 //! that slow clients cannot hold connections. A connection is closed when
 //! - a request's head has not arrived within `header` of its first byte (with no request
 //!   in flight, any byte read starts a head);
-//! - a request's body has not arrived within `body` of the server starting to read it: the
-//!   answer is `408 request_timeout`, and the connection is closed after it;
 //! - it has had no request in flight for `idle`: a kept-alive connection waiting for its
 //!   next request, or one that never sends any;
 //! - its client has taken no byte of a response for `idle`.
 //!
-//! A request is in flight from the call of the app until its response's body is sent.
+//! A request is in flight from the call of the app until its response's body is sent. The
+//! body timeout is the app's (`request_limits::BodyTimeout`), so that its `408` is counted.
 //!
 //! Stopping: no new connections; open ones finish their requests and close, each at once
 //! when idle; those still open after the drain time are cut.
 
 use std::{
     convert::Infallible,
-    future::Future,
     io,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     task::{Context, Poll},
     time::Duration,
 };
 
-use bytes::Bytes;
-use futures_util::StreamExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
 use poem::{
-    http::{header, HeaderValue},
+    http::uri::Scheme,
     listener::{Acceptor, TcpAcceptor},
     web::{LocalAddr, RemoteAddr},
-    Body, Endpoint, IntoResponse, Response,
+    Endpoint, Response,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -46,13 +42,10 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::problem::{ApiProblem, ProblemCode};
-
 /// How long clients may take; see the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionTimeouts {
     pub header: Duration,
-    pub body: Duration,
     pub idle: Duration,
 }
 
@@ -129,7 +122,9 @@ async fn serve_connection<E>(
             let app = app.clone();
             let addresses = (local.clone(), remote.clone());
             async move {
-                let response = respond(&*app, request, addresses, timeouts.body).await;
+                let (local, remote) = addresses;
+                let request = poem::Request::from((request, local, remote, Scheme::HTTP));
+                let response = app.get_response(request).await;
                 Ok::<_, Infallible>(hyper::Response::from(response).map(|body| TrackedBody {
                     inner: body,
                     _in_flight: in_flight,
@@ -160,69 +155,6 @@ async fn serve_connection<E>(
         _ = connection => {}
         _ = cut.cancelled() => {}
     }
-}
-
-/// The app's answer to one request, its body held to the body timeout.
-async fn respond<E: Endpoint<Output = Response>>(
-    app: &E,
-    request: hyper::Request<Incoming>,
-    (local, remote): (LocalAddr, RemoteAddr),
-    body_timeout: Duration,
-) -> Response {
-    let has_body = !hyper::body::Body::is_end_stream(request.body());
-    let mut request = poem::Request::from((request, local, remote, poem::http::uri::Scheme::HTTP));
-    let timed_out = Arc::new(AtomicBool::new(false));
-    if has_body {
-        let body = request.take_body();
-        request.set_body(with_deadline(body, body_timeout, timed_out.clone()));
-    }
-    let response = app.get_response(request).await;
-    if !timed_out.load(Ordering::Relaxed) {
-        return response;
-    }
-    let mut response = ApiProblem::new(
-        ProblemCode::RequestTimeout,
-        format!(
-            "the request body did not arrive within {} s",
-            body_timeout.as_secs_f64()
-        ),
-    )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
-}
-
-/// The body, failing once it has taken longer than `limit` from its first read.
-fn with_deadline(body: Body, limit: Duration, timed_out: Arc<AtomicBool>) -> Body {
-    let mut chunks = body.into_bytes_stream();
-    let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut ended = false;
-    Body::from_bytes_stream(futures_util::stream::poll_fn(
-        move |cx| -> Poll<Option<io::Result<Bytes>>> {
-            if ended {
-                return Poll::Ready(None);
-            }
-            let deadline = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-            match chunks.poll_next_unpin(cx) {
-                Poll::Ready(None) => {
-                    ended = true;
-                    Poll::Ready(None)
-                }
-                Poll::Ready(chunk) => Poll::Ready(chunk),
-                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
-                    ended = true;
-                    timed_out.store(true, Ordering::Relaxed);
-                    Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the request body did not arrive in time",
-                    ))))
-                }
-                Poll::Pending => Poll::Pending,
-            }
-        },
-    ))
 }
 
 /// What a connection is doing, for its timeouts: requests in flight, since when there has
@@ -409,8 +341,7 @@ impl AsyncWrite for TrackedIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        self.note_write(poll)
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
