@@ -66,6 +66,19 @@ pub struct Config {
     pub s3_secret_access_key: Option<String>,
     /// Largest accepted request body, in bytes.
     pub max_upload_bytes: u64,
+    /// Request bodies held in memory at once, in bytes: each is counted by its
+    /// `Content-Length` (as `max_upload_bytes` without one) before it is read, and waits
+    /// while the budget is spent. At least `max_upload_bytes`.
+    pub upload_memory_budget_bytes: u64,
+    /// How long a client may take to send a request's head, from its first byte.
+    pub http_header_timeout_seconds: u64,
+    /// How long a client may take to send a request's body, counted from when the server
+    /// starts reading it. Over it: `408 request_timeout`, and the connection is closed.
+    pub http_body_timeout_seconds: u64,
+    /// A connection with no request in flight for this long is closed (kept-alive ones
+    /// included), as is one whose client has taken no byte of a response for this long.
+    /// Longer than the 60 s idle timeout of common load balancers, so that they close first.
+    pub http_idle_timeout_seconds: u64,
     /// Largest accepted image, in pixels (width × height, read from the header).
     pub max_image_pixels: u64,
     /// Largest accepted `metadata` object, in bytes of JSON.
@@ -111,8 +124,12 @@ pub struct Config {
     pub inference_workers: Option<usize>,
     /// Requests that may wait for a batch before callers are made to wait.
     pub batch_queue_capacity: usize,
-    /// Bytes a decoder may allocate for one image's pixels.
+    /// Memory the decode of one image may take, as estimated from its header.
     pub max_decode_bytes: u64,
+    /// Memory all images decoded at once on this node may take, as estimated from their
+    /// headers. An image waits for its share; one over the whole budget fails
+    /// `image_too_large`.
+    pub decode_memory_budget_bytes: u64,
     /// TensorRT: build FP16 engines.
     pub tensorrt_fp16: bool,
     /// TensorRT: folder for built engines, so restarts skip the build; default `<data_dir>/tensorrt`.
@@ -177,6 +194,10 @@ impl Default for Config {
             s3_access_key_id: None,
             s3_secret_access_key: None,
             max_upload_bytes: 20 * 1024 * 1024,
+            upload_memory_budget_bytes: 128 * 1024 * 1024,
+            http_header_timeout_seconds: 30,
+            http_body_timeout_seconds: 60,
+            http_idle_timeout_seconds: 75,
             max_image_pixels: 50_000_000,
             max_metadata_bytes: 16 * 1024,
             auth_cache_seconds: 10,
@@ -198,6 +219,7 @@ impl Default for Config {
             inference_workers: None,
             batch_queue_capacity: 256,
             max_decode_bytes: 512 * 1024 * 1024,
+            decode_memory_budget_bytes: 384 * 1024 * 1024,
             tensorrt_fp16: true,
             tensorrt_cache_dir: None,
             worker_concurrency: None,
@@ -262,6 +284,18 @@ impl Config {
         if self.max_upload_bytes < 1024 {
             return Err(invalid("max_upload_bytes", "must be at least 1024"));
         }
+        if self.upload_memory_budget_bytes < self.max_upload_bytes {
+            return Err(invalid(
+                "upload_memory_budget_bytes",
+                "must be at least max_upload_bytes",
+            ));
+        }
+        if self.decode_memory_budget_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "decode_memory_budget_bytes",
+                "must be at least 1 MiB",
+            ));
+        }
         if self.max_image_pixels == 0 {
             return Err(invalid("max_image_pixels", "must be positive"));
         }
@@ -280,6 +314,12 @@ impl Config {
                 self.webhook_receiver_concurrency as u64,
             ),
             ("retention_days", self.retention_days),
+            (
+                "http_header_timeout_seconds",
+                self.http_header_timeout_seconds,
+            ),
+            ("http_body_timeout_seconds", self.http_body_timeout_seconds),
+            ("http_idle_timeout_seconds", self.http_idle_timeout_seconds),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be positive"));
@@ -447,6 +487,7 @@ impl Config {
                 max_pixels: self.max_image_pixels,
                 max_decode_bytes: self.max_decode_bytes,
             },
+            decode_budget_bytes: self.decode_memory_budget_bytes,
         }
     }
 
@@ -516,6 +557,15 @@ mod tests {
             },
             Config {
                 database_url: Some("mysql://x".into()),
+                ..Config::default()
+            },
+            // Every body must fit the upload memory budget, or it would wait forever.
+            Config {
+                upload_memory_budget_bytes: Config::default().max_upload_bytes - 1,
+                ..Config::default()
+            },
+            Config {
+                http_body_timeout_seconds: 0,
                 ..Config::default()
             },
         ] {

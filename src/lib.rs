@@ -4,10 +4,11 @@
 //! enqueue rate and queue cap), `store` (the job store
 //! and outbox), `worker` (scoring queued jobs), `inference` (the scorer), `delivery`
 //! (webhooks), `scheduling` (the daily reconciliation), `objects` (image storage), `imaging`
-//! (format and header checks), `outbound` (the guard on URLs we contact), `config`,
-//! `startup` and `cli`.
+//! (format and header checks), `outbound` (the guard on URLs we contact), `budget` (memory
+//! budgets: byte-counted semaphores), `config`, `startup` and `cli`.
 
 pub mod api;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod delivery;

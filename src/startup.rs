@@ -5,12 +5,15 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use poem::{
     listener::{Acceptor, Listener, TcpListener},
-    EndpointExt, Server,
+    EndpointExt,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::{self, auth::KeyCache, AppState, ScoringInfo},
+    api::{
+        self, auth::KeyCache, listener::ConnectionTimeouts, AppState, RequestLimits, ScoringInfo,
+    },
+    budget::MemoryBudget,
     config::Config,
     delivery::DeliveryWorker,
     inference::{BatchObserver, Scorer},
@@ -59,6 +62,9 @@ pub struct Application {
     addr: SocketAddr,
     state: Arc<AppState>,
     max_body_bytes: u64,
+    upload_memory: Arc<MemoryBudget>,
+    body_timeout: Duration,
+    timeouts: ConnectionTimeouts,
     drain_delay: Duration,
     role: Role,
     wakeups: Arc<Wakeups>,
@@ -185,6 +191,12 @@ impl Application {
                 }),
             }),
             max_body_bytes: config.max_upload_bytes,
+            upload_memory: Arc::new(MemoryBudget::new(config.upload_memory_budget_bytes)),
+            body_timeout: Duration::from_secs(config.http_body_timeout_seconds),
+            timeouts: ConnectionTimeouts {
+                header: Duration::from_secs(config.http_header_timeout_seconds),
+                idle: Duration::from_secs(config.http_idle_timeout_seconds),
+            },
             drain_delay: Duration::from_millis(config.shutdown_drain_ms),
             role,
             wakeups,
@@ -217,22 +229,29 @@ impl Application {
             tasks.spawn(reconciliation.stopped());
         }
         let app = if self.role.serves_api() {
-            api::app(self.state.clone(), self.max_body_bytes)
-                .map_to_response()
-                .boxed()
+            api::app(
+                self.state.clone(),
+                RequestLimits {
+                    max_body_bytes: self.max_body_bytes,
+                    upload_memory: self.upload_memory.clone(),
+                    body_timeout: self.body_timeout,
+                },
+            )
+            .map_to_response()
+            .boxed()
         } else {
             api::probes_app(self.state.clone())
                 .map_to_response()
                 .boxed()
         };
         let stop_listening = CancellationToken::new();
-        let mut server = tokio::spawn(
-            Server::new_with_acceptor(self.acceptor).run_with_graceful_shutdown(
-                app,
-                stop_listening.clone().cancelled_owned(),
-                Some(Duration::from_secs(10)),
-            ),
-        );
+        let mut server = tokio::spawn(api::listener::serve(
+            self.acceptor,
+            app,
+            self.timeouts,
+            stop_listening.clone(),
+            Duration::from_secs(10),
+        ));
         tokio::select! {
             _ = shutdown.cancelled() => {}
             // The listener failed on its own: stop everything else too.

@@ -59,6 +59,7 @@ fn settings() -> ScorerSettings {
         workers: None,
         queue_capacity: 64,
         limits: DecodeLimits::default(),
+        decode_budget_bytes: 512 << 20,
     }
 }
 
@@ -155,6 +156,7 @@ async fn every_awkward_file_gets_a_result_or_a_clear_error() {
         "awkward/large_6000x4000_hamburger.jpeg",
         "awkward/mpo_stereo_nintendo3ds.mpo",
         "awkward/webp_flower.webp",
+        "awkward/interlaced_rgba16.png",
     ] {
         let scored = scorer.score(fixture(name).into(), &[], "en").await;
         assert!(scored.is_ok(), "{name}: {scored:?}");
@@ -252,6 +254,194 @@ fn transparent_pixels_become_white() {
         .unwrap();
     let decoded = preprocess::decode(&gray, 256, &DecodeLimits::default()).unwrap();
     assert!(decoded.rgb.pixels().all(|p| p.0 == [77, 77, 77]));
+}
+
+/// What the `image` crate makes of a PNG, flattened onto white as platescore shows
+/// transparent pixels: the reference the row-by-row PNG decoder must match exactly.
+fn reference_rgb(png: &[u8]) -> image::RgbImage {
+    let image = image::load_from_memory(png).unwrap();
+    if !image.color().has_alpha() {
+        return image.into_rgb8();
+    }
+    let rgba = image.into_rgba8();
+    image::RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        let [r, g, b, a] = rgba.get_pixel(x, y).0;
+        let a = u16::from(a);
+        let over = |c: u8| ((u16::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
+        image::Rgb([over(r), over(g), over(b)])
+    })
+}
+
+fn encode_png(
+    width: u32,
+    height: u32,
+    color: png::ColorType,
+    depth: png::BitDepth,
+    configure: impl FnOnce(&mut png::Encoder<&mut Vec<u8>>),
+    data: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(color);
+    encoder.set_depth(depth);
+    configure(&mut encoder);
+    let mut writer = encoder.write_header().unwrap();
+    writer.write_image_data(data).unwrap();
+    writer.finish().unwrap();
+    out
+}
+
+#[test]
+fn pngs_decode_row_by_row_to_the_same_pixels_as_the_image_crate() {
+    use png::{BitDepth, ColorType};
+    let (width, height) = (23u32, 17u32);
+    // Every byte differs from its neighbours, so that 16-bit rounding and alpha both show.
+    let noise = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7) as u8)
+            .collect()
+    };
+    let mut cases = Vec::new();
+    for (color, channels) in [
+        (ColorType::Grayscale, 1),
+        (ColorType::GrayscaleAlpha, 2),
+        (ColorType::Rgb, 3),
+        (ColorType::Rgba, 4),
+    ] {
+        for (depth, bytes) in [(BitDepth::Eight, 1), (BitDepth::Sixteen, 2)] {
+            let data = noise((width * height) as usize * channels * bytes);
+            let png = encode_png(width, height, color, depth, |_| {}, &data);
+            cases.push((format!("{color:?} {depth:?}"), png));
+        }
+    }
+    // A palette with transparency, and 2-bit grey: both expanded as the image crate does.
+    let palette_data = noise((width * height) as usize)
+        .iter()
+        .map(|b| b % 4)
+        .collect::<Vec<_>>();
+    cases.push((
+        "palette with tRNS".into(),
+        encode_png(
+            width,
+            height,
+            ColorType::Indexed,
+            BitDepth::Eight,
+            |encoder| {
+                encoder.set_palette(vec![255, 0, 0, 0, 255, 0, 0, 0, 255, 9, 9, 9]);
+                encoder.set_trns(vec![0, 128, 255, 40]);
+            },
+            &palette_data,
+        ),
+    ));
+    let two_bit = noise((width.div_ceil(4) * height) as usize);
+    cases.push((
+        "2-bit grey".into(),
+        encode_png(
+            width,
+            height,
+            ColorType::Grayscale,
+            BitDepth::Two,
+            |_| {},
+            &two_bit,
+        ),
+    ));
+    cases.push((
+        "Adam7-interlaced 16-bit RGBA".into(),
+        fixture("awkward/interlaced_rgba16.png"),
+    ));
+    for (name, png) in cases {
+        let decoded = preprocess::decode(&png, 256, &DecodeLimits::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let reference = reference_rgb(&png);
+        assert_eq!(decoded.rgb.dimensions(), reference.dimensions(), "{name}");
+        assert!(decoded.rgb == reference, "{name}: pixels differ");
+    }
+}
+
+/// The decode's memory is known from the header: a 16-bit RGBA PNG is read a row at a
+/// time into RGB8 (3 bytes a pixel, not 8 + 4 + 3 as a whole-image decode and its
+/// conversions took), and a large JPEG is decoded at a reduced DCT scale.
+#[test]
+fn the_memory_a_decode_needs_is_known_before_decoding() {
+    let (width, height) = (2000u32, 1500u32);
+    let rows = vec![0u8; (width * height * 8) as usize];
+    let png = encode_png(
+        width,
+        height,
+        png::ColorType::Rgba,
+        png::BitDepth::Sixteen,
+        |_| {},
+        &rows,
+    );
+    let needed = preprocess::memory_needed(&png, 256, &DecodeLimits::default()).unwrap();
+    let rgb = u64::from(width * height) * 3;
+    assert!(
+        needed >= rgb && needed < rgb + rgb / 2,
+        "{needed} bytes for a {rgb}-byte RGB image"
+    );
+    let jpeg = preprocess::memory_needed(
+        &fixture("awkward/large_6000x4000_hamburger.jpeg"),
+        256,
+        &DecodeLimits::default(),
+    )
+    .unwrap();
+    assert!(jpeg < 6000 * 4000, "{jpeg} bytes for a JPEG decoded at 1/8");
+    let over = DecodeLimits {
+        max_decode_bytes: needed - 1,
+        ..DecodeLimits::default()
+    };
+    assert_eq!(
+        preprocess::memory_needed(&png, 256, &over),
+        Err(ImageError::TooMuchMemory {
+            needed,
+            limit: needed - 1
+        })
+    );
+}
+
+/// An image larger than the whole decode budget fails at once with `image_too_large`;
+/// images that fit share the budget and wait their turn.
+#[tokio::test]
+async fn the_decode_budget_refuses_what_never_fits_and_queues_the_rest() {
+    let photo = fixture("document.png");
+    let needed = preprocess::memory_needed(&photo, 256, &DecodeLimits::default()).unwrap();
+    let small_budget = ScorerSettings {
+        decode_budget_bytes: needed - 1024,
+        ..settings()
+    };
+    let scorer = Scorer::with_runtime(model(), tract(), &small_budget, None);
+    match scorer.score(photo.clone().into(), &[], "en").await {
+        Err(err @ InferenceError::Image(ImageError::TooMuchMemory { .. })) => {
+            assert_eq!(err.code(), "image_too_large")
+        }
+        other => panic!("over the whole budget must be image_too_large: {other:?}"),
+    }
+
+    // A budget for one decode at a time: eight at once all finish, one after another.
+    let one_at_a_time = ScorerSettings {
+        decode_budget_bytes: needed + needed / 2,
+        ..settings()
+    };
+    let scorer = Arc::new(Scorer::with_runtime(model(), tract(), &one_at_a_time, None));
+    let held = scorer.decode_budget().reserve(needed).await.unwrap();
+    let waiting = tokio::spawn({
+        let scorer = scorer.clone();
+        let photo = photo.clone();
+        async move { scorer.score(photo.into(), &[], "en").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a decode must wait while the budget is held"
+    );
+    drop(held);
+    waiting.await.unwrap().unwrap();
+    let all = futures_util::future::join_all(
+        (0..8).map(|_| scorer.score(photo.clone().into(), &[], "en")),
+    )
+    .await;
+    assert!(all.iter().all(Result::is_ok), "{all:?}");
+    assert_eq!(scorer.decode_budget().reserved_bytes(), 0);
 }
 
 #[test]

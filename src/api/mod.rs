@@ -8,20 +8,23 @@ mod health;
 mod jobs;
 mod keys;
 mod limits;
+pub mod listener;
 mod observe;
 mod openapi;
 mod payload;
 pub mod problem;
+mod request_limits;
 pub mod schema_check;
 mod webhooks;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use poem::{get, Endpoint, EndpointExt, Route};
 use poem_openapi::{OpenApiService, Tags};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    budget::MemoryBudget,
     intake::Intake,
     objects::ObjectStore,
     store::{deliveries::PayloadRenderer, Db},
@@ -112,9 +115,19 @@ fn to_text(document: &serde_json::Value) -> String {
     text
 }
 
-/// The whole HTTP app: API, spec, docs, the dashboard, the body limit and problem-details
-/// errors.
-pub fn app(state: Arc<AppState>, max_body_bytes: u64) -> impl Endpoint {
+/// What the app holds each request's body to.
+pub struct RequestLimits {
+    /// Largest body (`413`).
+    pub max_body_bytes: u64,
+    /// Bodies held in memory at once; at least `max_body_bytes`.
+    pub upload_memory: Arc<MemoryBudget>,
+    /// How long a body may take to arrive once the server reads it (`408`).
+    pub body_timeout: Duration,
+}
+
+/// The whole HTTP app: API, spec, docs, the dashboard, the request limits and
+/// problem-details errors.
+pub fn app(state: Arc<AppState>, limits: RequestLimits) -> impl Endpoint {
     let service = service();
     let document = openapi::document(&service);
     let allowed = Arc::new(openapi::AllowedMethods::from_document(&document));
@@ -140,9 +153,18 @@ pub fn app(state: Arc<AppState>, max_body_bytes: u64) -> impl Endpoint {
         .nest("/dashboard", dashboard::routes())
         .at("/docs", docs())
         .at("/docs/", docs())
-        .nest("/", service.with(payload::BodyLimit::new(max_body_bytes)))
+        .nest(
+            "/",
+            service
+                .with(payload::BodyLimit::new(limits.max_body_bytes))
+                .with(request_limits::UploadMemory::new(
+                    limits.upload_memory,
+                    limits.max_body_bytes,
+                )),
+        )
         .data(state)
         .catch_all_error(|err| async move { problem::any_error_to_problem(err) })
+        .with(request_limits::BodyTimeout::new(limits.body_timeout))
         .with(openapi::AllowOn405(allowed))
         .with(observe::Observe)
 }

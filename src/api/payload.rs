@@ -156,7 +156,8 @@ impl BodySchema {
 impl_apirequest_for_payload!(JsonBody<T>, T: ParseFromJSON);
 
 /// The fields of a multipart enqueue. The image is streamed: hashed and gathered chunk by
-/// chunk, never spooled to disk; the body limit bounds it.
+/// chunk into one buffer sized from `Content-Length`, never spooled to disk; the body limit
+/// bounds it, and the upload memory budget (`upload_memory`) how many are held at once.
 #[derive(Debug, Default)]
 pub struct UploadForm {
     pub image: Option<UploadedImage>,
@@ -303,6 +304,13 @@ impl ParsePayload for UploadForm {
             .content_type()
             .and_then(|ct| multer::parse_boundary(ct).ok())
             .ok_or_else(|| multipart_problem("no boundary in Content-Type"))?;
+        // The image is most of the body: one buffer of that size, not one doubled as it grows.
+        let size_hint = request
+            .headers()
+            .get(poem::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
         let mut multipart = multer::Multipart::new(body.take()?.into_bytes_stream(), boundary);
         let mut form = UploadForm::default();
         while let Some(field) = multipart.next_field().await.map_err(multipart_problem)? {
@@ -312,7 +320,7 @@ impl ParsePayload for UploadForm {
                     if form.image.is_some() {
                         return Err(multipart_problem("more than one `image` part").into());
                     }
-                    form.image = Some(receive_image(field).await?);
+                    form.image = Some(receive_image(field, size_hint).await?);
                 }
                 "webhook_url" => form.webhook_url = Some(url(field).await?),
                 "model_id" => form.model_id = Some(text(field).await?),
@@ -345,9 +353,12 @@ impl ParsePayload for UploadForm {
 
 impl_apirequest_for_payload!(UploadForm);
 
-async fn receive_image(mut field: multer::Field<'static>) -> poem::Result<UploadedImage> {
+async fn receive_image(
+    mut field: multer::Field<'static>,
+    size_hint: usize,
+) -> poem::Result<UploadedImage> {
     let mut hasher = Sha256::new();
-    let mut bytes = BytesMut::new();
+    let mut bytes = BytesMut::with_capacity(size_hint);
     while let Some(chunk) = field.chunk().await.map_err(multipart_problem)? {
         hasher.update(&chunk);
         bytes.extend_from_slice(&chunk);

@@ -68,6 +68,9 @@ pub enum ProblemCode {
     WebhookNotFound,
     /// 405: the route does not take this method (see `Allow`).
     MethodNotAllowed,
+    /// 408: the request's body did not arrive within `http_body_timeout_seconds`; the
+    /// connection is closed.
+    RequestTimeout,
     /// 409: the job has not finished yet.
     JobNotFinished,
     /// 409: the `client_reference` names another job, asked for with a different request.
@@ -129,6 +132,7 @@ impl ProblemCode {
             AdminRequired | CurrentKeyRequired => StatusCode::FORBIDDEN,
             NotFound | JobNotFound | JobErased | WebhookNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             JobNotFinished | ClientReferenceReused | IdempotencyKeyReused | WebhookLimitReached => {
                 StatusCode::CONFLICT
             }
@@ -401,6 +405,7 @@ fn problem_for(err: poem::Error) -> Response {
         match status {
             StatusCode::NOT_FOUND => ProblemCode::NotFound,
             StatusCode::METHOD_NOT_ALLOWED => ProblemCode::MethodNotAllowed,
+            StatusCode::REQUEST_TIMEOUT => ProblemCode::RequestTimeout,
             StatusCode::PAYLOAD_TOO_LARGE => ProblemCode::PayloadTooLarge,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ProblemCode::UnsupportedContentType,
             s if s.is_server_error() => {

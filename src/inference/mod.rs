@@ -1,5 +1,6 @@
 //! The food scorer: image bytes in, scored result out. It knows nothing of HTTP or the
-//! database. Preprocessing runs on the blocking pool; inference goes through the dynamic
+//! database. Preprocessing runs on the blocking pool, each image once the memory its decode
+//! needs is reserved from the node's decode budget; inference goes through the dynamic
 //! batcher to whichever runtime was loaded.
 
 pub mod batcher;
@@ -16,6 +17,8 @@ use std::{
 };
 
 use serde::Serialize;
+
+use crate::budget::MemoryBudget;
 
 pub use batcher::{BatchObserver, Batcher, BatcherSettings};
 pub use model::FoodModel;
@@ -56,6 +59,10 @@ pub struct ScorerSettings {
     pub workers: Option<usize>,
     pub queue_capacity: usize,
     pub limits: DecodeLimits,
+    /// Memory all images being decoded at once may take, as `preprocess::memory_needed`
+    /// estimates it. An image waits until its share is free; one over the whole budget is
+    /// refused (`image_too_large`).
+    pub decode_budget_bytes: u64,
 }
 
 /// How long each stage took, in milliseconds.
@@ -79,6 +86,7 @@ pub struct Scorer {
     batcher: Batcher,
     runtime_name: String,
     limits: DecodeLimits,
+    decode_budget: Arc<MemoryBudget>,
 }
 
 fn ms(duration: Duration) -> f64 {
@@ -122,6 +130,7 @@ impl Scorer {
             batcher: Batcher::start(runtime, batcher_settings, observer),
             runtime_name,
             limits: settings.limits,
+            decode_budget: Arc::new(MemoryBudget::new(settings.decode_budget_bytes)),
         }
     }
 
@@ -142,7 +151,14 @@ impl Scorer {
         self.batcher.clone()
     }
 
-    /// Scores one photo for these diets, with tips in `lang` (English where missing).
+    /// The decode budget, shared by every image this scorer decodes.
+    pub fn decode_budget(&self) -> &MemoryBudget {
+        &self.decode_budget
+    }
+
+    /// Scores one photo for these diets, with tips in `lang` (English where missing). The
+    /// decode waits for its memory in the decode budget; `preprocess_ms` does not count
+    /// the wait, `total_ms` does.
     pub async fn score(
         &self,
         bytes: bytes::Bytes,
@@ -152,10 +168,31 @@ impl Scorer {
         let started = Instant::now();
         let spec = self.model.input.clone();
         let limits = self.limits;
-        let prepared =
-            tokio::task::spawn_blocking(move || preprocess::prepare(&bytes, &spec, &limits))
+        let (bytes, needed) = tokio::task::spawn_blocking(move || {
+            let needed = preprocess::memory_needed(&bytes, spec.resize_shorter, &limits);
+            (bytes, needed)
+        })
+        .await
+        .map_err(|e| InferenceError::Model(format!("preprocessing task failed: {e}")))?;
+        let needed = needed?;
+        let reservation =
+            self.decode_budget
+                .reserve(needed)
                 .await
-                .map_err(|e| InferenceError::Model(format!("preprocessing task failed: {e}")))??;
+                .map_err(|over| ImageError::TooMuchMemory {
+                    needed: over.needed,
+                    limit: over.total,
+                })?;
+        let decoding = Instant::now();
+        let spec = self.model.input.clone();
+        // The reservation is held until the decode ends, even when this future is dropped.
+        let prepared = tokio::task::spawn_blocking(move || {
+            let prepared = preprocess::prepare(&bytes, &spec, &limits);
+            drop(reservation);
+            prepared
+        })
+        .await
+        .map_err(|e| InferenceError::Model(format!("preprocessing task failed: {e}")))??;
         let preprocessed = Instant::now();
         let logits = self.batcher.infer(prepared.tensor).await?;
         let inferred = Instant::now();
@@ -163,7 +200,7 @@ impl Scorer {
         Ok(Scored {
             result,
             timings: Timings {
-                preprocess_ms: ms(preprocessed - started),
+                preprocess_ms: ms(preprocessed - decoding),
                 inference_ms: ms(inferred - preprocessed),
                 total_ms: ms(started.elapsed()),
             },

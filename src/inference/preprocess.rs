@@ -1,15 +1,13 @@
-//! Bytes to input tensor: sniff the format, decode (JPEG at reduced DCT scale when the photo
-//! is much larger than the input), apply EXIF orientation, flatten alpha onto white, then
-//! resize and centre-crop in one pass with `fast_image_resize`, and normalise to CHW f32.
-//! Blocking CPU work: callers run it off the async runtime.
+//! Bytes to input tensor: sniff the format, read the header and estimate the memory the
+//! decode takes ([`memory_needed`]), decode (JPEG at reduced DCT scale when the photo is much
+//! larger than the input; PNG a row at a time), apply EXIF orientation, flatten alpha onto
+//! white, then resize and centre-crop in one pass with `fast_image_resize`, and normalise to
+//! CHW f32. Blocking CPU work: callers run it off the async runtime.
 
 use std::io::Cursor;
 
-use fast_image_resize::{
-    images::{Image as ResizeImage, ImageRef},
-    FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
-};
 use image::{metadata::Orientation, DynamicImage, ImageDecoder, RgbImage};
+use pixels::{Crop, RowLayout};
 
 use crate::imaging::{self, ImageFormat};
 
@@ -33,7 +31,7 @@ impl InputSpec {
 pub struct DecodeLimits {
     /// Width × height as declared by the header.
     pub max_pixels: u64,
-    /// Bytes the decoder may allocate for pixels.
+    /// Memory the decode of one image may take, as [`memory_needed`] estimates it.
     pub max_decode_bytes: u64,
 }
 
@@ -108,6 +106,64 @@ pub fn prepare(
     })
 }
 
+/// The most memory, in bytes, that [`decode`] and resizing to `min_shorter_side` take for
+/// this image at once, estimated from its header (size, colour type, coding, orientation)
+/// without decoding a pixel. It counts every buffer the path allocates that grows with the
+/// image: the decoder's own, the decoded pixels, conversions, a rotated copy, the resize's
+/// intermediate rows. Images over the limits are refused here.
+pub fn memory_needed(
+    bytes: &[u8],
+    min_shorter_side: u32,
+    limits: &DecodeLimits,
+) -> Result<u64, ImageError> {
+    Ok(open(bytes, min_shorter_side, limits)?.memory)
+}
+
+/// Decodes to RGB8, oriented upright, no smaller than `min_shorter_side` on its shorter
+/// side unless the file itself is smaller.
+pub fn decode(
+    bytes: &[u8],
+    min_shorter_side: u32,
+    limits: &DecodeLimits,
+) -> Result<Decoded, ImageError> {
+    match open(bytes, min_shorter_side, limits)?.source {
+        Source::Jpeg(jpeg) => decode_jpeg(*jpeg, limits),
+        Source::Png(png) => decode_png(*png),
+        Source::Webp(webp) => decode_webp(webp, limits),
+    }
+}
+
+/// An image whose header has been read, with what its decode will take.
+struct Opened<'a> {
+    memory: u64,
+    source: Source<'a>,
+}
+
+enum Source<'a> {
+    Jpeg(Box<JpegSource<'a>>),
+    Png(Box<PngSource<'a>>),
+    Webp(WebpSource<'a>),
+}
+
+fn open<'a>(
+    bytes: &'a [u8],
+    min_shorter_side: u32,
+    limits: &DecodeLimits,
+) -> Result<Opened<'a>, ImageError> {
+    let opened = match imaging::sniff(bytes).ok_or(ImageError::UnsupportedFormat)? {
+        ImageFormat::Jpeg => open_jpeg(bytes, min_shorter_side, limits)?,
+        ImageFormat::Png => open_png(bytes, min_shorter_side, limits)?,
+        ImageFormat::Webp => open_webp(bytes, min_shorter_side, limits)?,
+    };
+    if opened.memory > limits.max_decode_bytes {
+        return Err(ImageError::TooMuchMemory {
+            needed: opened.memory,
+            limit: limits.max_decode_bytes,
+        });
+    }
+    Ok(opened)
+}
+
 fn check_pixels(width: u32, height: u32, limits: &DecodeLimits) -> Result<(), ImageError> {
     if width == 0 || height == 0 {
         return Err(corrupt(format!("zero dimension {width}×{height}")));
@@ -122,25 +178,38 @@ fn check_pixels(width: u32, height: u32, limits: &DecodeLimits) -> Result<(), Im
     Ok(())
 }
 
-/// Decodes to RGB8, oriented upright, no smaller than `min_shorter_side` on its shorter
-/// side unless the file itself is smaller.
-pub fn decode(
-    bytes: &[u8],
-    min_shorter_side: u32,
-    limits: &DecodeLimits,
-) -> Result<Decoded, ImageError> {
-    let format = imaging::sniff(bytes).ok_or(ImageError::UnsupportedFormat)?;
-    match format {
-        ImageFormat::Jpeg => decode_jpeg(bytes, min_shorter_side, limits),
-        ImageFormat::Png | ImageFormat::Webp => decode_other(bytes, format, limits),
-    }
+fn pixels(width: impl Into<u64>, height: impl Into<u64>) -> u64 {
+    width.into() * height.into()
 }
 
-fn decode_jpeg(
-    bytes: &[u8],
+/// Whether orienting the image makes a rotated copy (flips and half turns are in place).
+fn rotates_a_quarter(orientation: Orientation) -> bool {
+    matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
+}
+
+/// Memory of resizing a `width`×`height` RGB image: the resizer's first pass keeps about
+/// `min_shorter_side` columns of every source row; the tensor and tables fit in the rest.
+fn resize_memory(width: u32, height: u32, min_shorter_side: u32) -> u64 {
+    pixels(width.max(height), min_shorter_side) * 3 + (1 << 20)
+}
+
+struct JpegSource<'a> {
+    decoder: jpeg_decoder::Decoder<Cursor<&'a [u8]>>,
+    original: (u32, u32),
+    scaled: (u16, u16),
+}
+
+fn open_jpeg<'a>(
+    bytes: &'a [u8],
     min_shorter_side: u32,
     limits: &DecodeLimits,
-) -> Result<Decoded, ImageError> {
+) -> Result<Opened<'a>, ImageError> {
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
     decoder.read_info().map_err(corrupt)?;
     let info = decoder.info().ok_or_else(|| corrupt("no JPEG header"))?;
@@ -159,13 +228,35 @@ fn decode_jpeg(
     };
     let (out_w, out_h) = decoder.scale(want_w, want_h).map_err(corrupt)?;
     let info = decoder.info().ok_or_else(|| corrupt("no JPEG header"))?;
-    let needed = u64::from(out_w) * u64::from(out_h) * info.pixel_format.pixel_bytes() as u64;
-    if needed > limits.max_decode_bytes {
-        return Err(ImageError::TooMuchMemory {
-            needed,
-            limit: limits.max_decode_bytes,
-        });
-    }
+    let samples = info.pixel_format.pixel_bytes() as u64;
+    let scaled = pixels(out_w, out_h);
+    // Progressive and lossless JPEGs keep the whole image's coefficients (i16 per sample,
+    // in 16×16 blocks at most) until the last scan.
+    let coefficients = match info.coding_process {
+        jpeg_decoder::CodingProcess::DctSequential => 0,
+        _ => pixels(width.next_multiple_of(16), height.next_multiple_of(16)) * samples * 2,
+    };
+    let memory = coefficients
+        + 2 * scaled * samples // the decoder's component planes, then its output
+        + 2 * scaled * 3 // the RGB copy, and a rotated one
+        + resize_memory(u32::from(out_w), u32::from(out_h), min_shorter_side);
+    Ok(Opened {
+        memory,
+        source: Source::Jpeg(Box::new(JpegSource {
+            decoder,
+            original: (width, height),
+            scaled: (out_w, out_h),
+        })),
+    })
+}
+
+fn decode_jpeg(source: JpegSource<'_>, limits: &DecodeLimits) -> Result<Decoded, ImageError> {
+    let JpegSource {
+        mut decoder,
+        original: (width, height),
+        scaled: (out_w, out_h),
+    } = source;
+    let info = decoder.info().ok_or_else(|| corrupt("no JPEG header"))?;
     decoder.set_max_decoding_buffer_size(
         usize::try_from(limits.max_decode_bytes).unwrap_or(usize::MAX),
     );
@@ -212,30 +303,157 @@ fn decode_jpeg(
     })
 }
 
-fn decode_other(
-    bytes: &[u8],
-    format: ImageFormat,
+/// A PNG is decoded a row at a time, each row converted to RGB8 as it comes, so that no
+/// full-size buffer of its own format (up to 8 bytes a pixel, for 16-bit RGBA) is ever held.
+struct PngSource<'a> {
+    reader: png::Reader<Cursor<&'a [u8]>>,
+    orientation: Orientation,
+}
+
+fn png_error(err: png::DecodingError, limit: u64) -> ImageError {
+    match err {
+        png::DecodingError::LimitsExceeded => ImageError::TooMuchMemory {
+            needed: limit.saturating_add(1),
+            limit,
+        },
+        other => corrupt(other),
+    }
+}
+
+fn open_png<'a>(
+    bytes: &'a [u8],
+    min_shorter_side: u32,
     limits: &DecodeLimits,
-) -> Result<Decoded, ImageError> {
-    let image_format = match format {
-        ImageFormat::Png => image::ImageFormat::Png,
-        _ => image::ImageFormat::WebP,
+) -> Result<Opened<'a>, ImageError> {
+    let limit = limits.max_decode_bytes;
+    let mut decoder = png::Decoder::new_with_limits(
+        Cursor::new(bytes),
+        png::Limits {
+            bytes: usize::try_from(limit).unwrap_or(usize::MAX),
+        },
+    );
+    // As the `image` crate reads PNGs: palettes and low bit depths expanded, 16 bits kept.
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let (width, height) = decoder
+        .read_header_info()
+        .map_err(|e| png_error(e, limit))?
+        .size();
+    check_pixels(width, height, limits)?;
+    let reader = decoder.read_info().map_err(|e| png_error(e, limit))?;
+    let orientation = reader
+        .info()
+        .exif_metadata
+        .as_deref()
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms);
+    let rgb = pixels(width, height) * 3;
+    let line = reader
+        .output_line_size(width)
+        .ok_or_else(|| corrupt("the row size overflows"))? as u64;
+    let memory = rgb
+        + if rotates_a_quarter(orientation) { rgb } else { 0 }
+        // The decoder's current and previous rows, and a window of inflated data.
+        + 4 * line
+        + (256 << 10)
+        + resize_memory(width, height, min_shorter_side);
+    Ok(Opened {
+        memory,
+        source: Source::Png(Box::new(PngSource {
+            reader,
+            orientation,
+        })),
+    })
+}
+
+fn decode_png(source: PngSource<'_>) -> Result<Decoded, ImageError> {
+    let PngSource {
+        mut reader,
+        orientation,
+    } = source;
+    let (width, height) = reader.info().size();
+    let (color, depth) = reader.output_color_type();
+    let layout = RowLayout {
+        channels: color.samples(),
+        sixteen_bit: depth == png::BitDepth::Sixteen,
     };
-    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), image_format);
+    let stride = width as usize * 3;
+    let mut rgb = vec![0u8; stride * height as usize];
+    let mut pass_row = Vec::new();
+    let mut next_line = 0;
+    while let Some(row) = reader
+        .next_interlaced_row()
+        .map_err(|e| png_error(e, u64::MAX))?
+    {
+        match row.interlace() {
+            png::InterlaceInfo::Null(_) => {
+                let line = rgb
+                    .get_mut(next_line * stride..(next_line + 1) * stride)
+                    .ok_or_else(|| corrupt("more rows than the height"))?;
+                layout.write_rgb(row.data(), line).map_err(corrupt)?;
+                next_line += 1;
+            }
+            png::InterlaceInfo::Adam7(pass) => {
+                pass_row.resize(row.data().len() / layout.bytes_per_pixel() * 3, 0);
+                layout
+                    .write_rgb(row.data(), &mut pass_row)
+                    .map_err(corrupt)?;
+                png::expand_interlaced_row(&mut rgb, stride, &pass_row, pass, 24);
+            }
+        }
+    }
+    let mut image = DynamicImage::ImageRgb8(
+        RgbImage::from_raw(width, height, rgb)
+            .ok_or_else(|| corrupt("pixel buffer does not match the size"))?,
+    );
+    image.apply_orientation(orientation);
+    Ok(Decoded {
+        rgb: image.into_rgb8(),
+        format: ImageFormat::Png,
+        original: (width, height),
+        dct_scale_denominator: 1,
+    })
+}
+
+struct WebpSource<'a> {
+    decoder: Box<dyn ImageDecoder + 'a>,
+    orientation: Orientation,
+}
+
+fn open_webp<'a>(
+    bytes: &'a [u8],
+    min_shorter_side: u32,
+    limits: &DecodeLimits,
+) -> Result<Opened<'a>, ImageError> {
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), image::ImageFormat::WebP);
     let mut decode_limits = image::Limits::default();
     decode_limits.max_alloc = Some(limits.max_decode_bytes);
     reader.limits(decode_limits);
-    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let mut decoder: Box<dyn ImageDecoder + 'a> = Box::new(reader.into_decoder().map_err(corrupt)?);
     let (width, height) = decoder.dimensions();
     check_pixels(width, height, limits)?;
-    let needed = decoder.total_bytes();
-    if needed > limits.max_decode_bytes {
-        return Err(ImageError::TooMuchMemory {
-            needed,
-            limit: limits.max_decode_bytes,
-        });
-    }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let decoded = decoder.total_bytes();
+    let memory = pixels(width, height) * 4 // image-webp's own frame (YUV planes, or ARGB)
+        + decoded
+        + if rotates_a_quarter(orientation) { decoded } else { 0 }
+        + if decoder.color_type().has_alpha() { pixels(width, height) * 3 } else { 0 }
+        + resize_memory(width, height, min_shorter_side);
+    Ok(Opened {
+        memory,
+        source: Source::Webp(WebpSource {
+            decoder,
+            orientation,
+        }),
+    })
+}
+
+fn decode_webp(source: WebpSource<'_>, limits: &DecodeLimits) -> Result<Decoded, ImageError> {
+    let WebpSource {
+        decoder,
+        orientation,
+    } = source;
+    let (width, height) = decoder.dimensions();
+    let needed = decoder.total_bytes();
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| match e {
         image::ImageError::Limits(_) => ImageError::TooMuchMemory {
             needed,
@@ -251,7 +469,7 @@ fn decode_other(
     };
     Ok(Decoded {
         rgb,
-        format,
+        format: ImageFormat::Webp,
         original: (width, height),
         dct_scale_denominator: 1,
     })
@@ -259,12 +477,12 @@ fn decode_other(
 
 /// Transparent pixels become white, as a photo app shows them.
 fn flatten_on_white(rgba: &image::RgbaImage) -> RgbImage {
-    RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-        let [r, g, b, a] = rgba.get_pixel(x, y).0;
-        let a = u16::from(a);
-        let over = |c: u8| ((u16::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
-        image::Rgb([over(r), over(g), over(b)])
-    })
+    RgbImage::from_raw(
+        rgba.width(),
+        rgba.height(),
+        pixels::flatten_rgba_on_white(rgba.as_raw()),
+    )
+    .expect("three bytes a pixel")
 }
 
 /// Resizes the centre crop straight to the input size (one bilinear pass), then
@@ -274,18 +492,12 @@ pub fn resize_crop_normalise(rgb: &RgbImage, spec: &InputSpec) -> Result<Vec<f32
     // The crop covers size/resize_shorter of the shorter side, centred.
     let side = f64::from(w.min(h)) * f64::from(spec.size) / f64::from(spec.resize_shorter);
     let (left, top) = ((f64::from(w) - side) / 2.0, (f64::from(h) - side) / 2.0);
-    let src = ImageRef::new(w, h, rgb.as_raw(), PixelType::U8x3).map_err(corrupt)?;
-    let mut dst = ResizeImage::new(spec.size, spec.size, PixelType::U8x3);
-    let options = ResizeOptions::new()
-        .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
-        .crop(left, top, side, side);
-    Resizer::new()
-        .resize(&src, &mut dst, &options)
+    let resized = pixels::resize_crop_rgb(rgb.as_raw(), w, h, Crop { left, top, side }, spec.size)
         .map_err(corrupt)?;
 
     let plane = (spec.size * spec.size) as usize;
     let mut tensor = vec![0f32; 3 * plane];
-    for (i, px) in dst.buffer().chunks_exact(3).enumerate() {
+    for (i, px) in resized.chunks_exact(3).enumerate() {
         for c in 0..3 {
             tensor[c * plane + i] = (f32::from(px[c]) - spec.mean[c]) / spec.std[c];
         }

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on a random port, spoken to over HTTP.
 
 mod auth;
+mod connections;
 mod contract;
 mod dashboard;
 mod enqueue;
