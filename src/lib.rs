@@ -18,6 +18,7 @@ pub mod limits;
 pub mod metrics;
 pub mod objects;
 pub mod outbound;
+pub mod queue_pool;
 pub mod scheduling;
 pub mod startup;
 pub mod store;
