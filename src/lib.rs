@@ -1,11 +1,11 @@
 //! platescore: scores food photos for nutrition apps.
 //!
 //! Modules by capability: `api` (HTTP), `intake` (accepting jobs), `limits` (per-partner
-//! enqueue rate and queue cap), `store` (the job store
-//! and outbox), `worker` (scoring queued jobs), `inference` (the scorer), `delivery`
-//! (webhooks), `scheduling` (the daily reconciliation), `objects` (image storage), `imaging`
-//! (format and header checks), `outbound` (the guard on URLs we contact), `config`,
-//! `startup` and `cli`.
+//! enqueue rate and queue cap), `store` (the job store and outbox), `queue_pool` (the worker
+//! pool over a leased queue), `worker` (scoring queued jobs), `inference` (the scorer),
+//! `delivery` (webhooks), `scheduling` (the daily reconciliation), `objects` (image
+//! storage), `imaging` (format and header checks), `outbound` (the guard on URLs we
+//! contact), `config`, `startup` and `cli`.
 
 pub mod api;
 pub mod cli;
