@@ -84,6 +84,9 @@ pub async fn insert_within(
     new: NewJob,
     max_unfinished: u64,
 ) -> Result<(InsertOutcome, u64), StoreError> {
+    // Read before the transaction: on PostgreSQL the clock may need a connection of its
+    // own, and under load every connection can be a transaction waiting for this one's lock.
+    let now = db.now().await;
     let txn = db.begin_write().await?;
     super::partners::lock_for_update(&txn, new.partner_id).await?;
     let unfinished = count_unfinished(&txn, new.partner_id).await?;
@@ -92,7 +95,7 @@ pub async fn insert_within(
         return Ok((InsertOutcome::QueueFull, unfinished));
     }
     let turn = fair::next_turn(&txn, &JOBS, new.partner_id).await?;
-    let row = new_row(&new, db.now().await, turn);
+    let row = new_row(&new, now, turn);
     match row.insert(&txn).await {
         Ok(created) => {
             txn.commit().await?;
