@@ -1,8 +1,9 @@
 //! Configuration: one typed struct. Values come from the defaults below, then an optional
 //! TOML file, then environment variables (`PLATESCORE_<FIELD>`, plus `DATABASE_URL`).
-//! Every field is documented in `docs/configuration.md`.
+//! Every field is documented in `docs/configuration.md`. This module depends on nothing
+//! of ours: each part's settings are made from it by `startup::settings`.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf};
 
 use figment::{
     providers::{Env, Format, Serialized, Toml},
@@ -10,13 +11,6 @@ use figment::{
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-
-use crate::{
-    delivery::{DeliverySettings, RetrySchedule},
-    inference::{DecodeLimits, ExecutionProvider, RuntimeChoice, RuntimeSettings, ScorerSettings},
-    scheduling::{ReconcileSettings, Schedule},
-    worker::WorkerSettings,
-};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -243,6 +237,38 @@ impl Default for Config {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeChoice {
+    /// ONNX Runtime when its library loads, else tract.
+    Auto,
+    Ort,
+    Tract,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    Cpu,
+    Cuda,
+    /// TensorRT, with CUDA for any node TensorRT cannot run.
+    Tensorrt,
+}
+
+impl ExecutionProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::Tensorrt => "tensorrt",
+        }
+    }
+
+    pub fn is_gpu(self) -> bool {
+        self != Self::Cpu
+    }
+}
+
 /// Where uploaded images are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectStoreLocation {
@@ -266,7 +292,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks every field that can be wrong, so a bad setting fails at start-up.
+    /// Checks every field that can be wrong, so a bad setting fails at start-up; the formats
+    /// that other parts parse (the retry schedule, the cron) by `startup::settings::check`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.object_store_location()?;
@@ -302,8 +329,6 @@ impl Config {
         if self.database_max_connections == 0 {
             return Err(invalid("database_max_connections", "must be positive"));
         }
-        self.retry_schedule()?;
-        self.reconcile_schedule()?;
         for (field, value) in [
             ("job_lease_seconds", self.job_lease_seconds),
             ("poll_interval_ms", self.poll_interval_ms),
@@ -347,62 +372,6 @@ impl Config {
             return Err(invalid("webhook_retry_jitter", "must be between 0 and 1"));
         }
         Ok(())
-    }
-
-    pub fn retry_schedule(&self) -> Result<RetrySchedule, ConfigError> {
-        let parsed: RetrySchedule = self
-            .webhook_retry_schedule
-            .parse()
-            .map_err(|e| invalid("webhook_retry_schedule", e))?;
-        Ok(parsed.with_jitter(self.webhook_retry_jitter))
-    }
-
-    pub fn reconcile_schedule(&self) -> Result<Schedule, ConfigError> {
-        Schedule::parse(&self.reconcile_cron, &self.reconcile_timezone)
-            .map_err(|e| invalid("reconcile_cron", e))
-    }
-
-    pub fn worker_settings(&self, scorer: &crate::inference::Scorer) -> WorkerSettings {
-        let batching = scorer.batcher_settings();
-        WorkerSettings {
-            // Enough jobs in flight that preprocessing overlaps inference and batches fill.
-            concurrency: self
-                .worker_concurrency
-                .unwrap_or((batching.max_batch * batching.workers * 2).max(4)),
-            lease: Duration::from_secs(self.job_lease_seconds),
-            max_attempts: self.job_max_attempts,
-            retry_base_delay: Duration::from_millis(self.job_retry_delay_ms),
-            retry_max_delay: Duration::from_secs(600),
-            poll_interval: Duration::from_millis(self.poll_interval_ms),
-            shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
-            max_image_bytes: usize::try_from(self.max_upload_bytes).unwrap_or(usize::MAX),
-            max_image_pixels: self.max_image_pixels,
-        }
-    }
-
-    pub fn delivery_settings(&self) -> Result<DeliverySettings, ConfigError> {
-        Ok(DeliverySettings {
-            schedule: self.retry_schedule()?,
-            concurrency: self.webhook_concurrency,
-            receiver_concurrency: self.webhook_receiver_concurrency,
-            // An attempt ends within its timeout; the rest covers loading its endpoint,
-            // waiting for the group commit, and clock skew between nodes.
-            lease: Duration::from_millis(self.webhook_timeout_ms * 2 + 10_000),
-            poll_interval: Duration::from_millis(self.poll_interval_ms),
-        })
-    }
-
-    pub fn reconcile_settings(&self) -> ReconcileSettings {
-        const DAY: u64 = 24 * 3600;
-        ReconcileSettings {
-            stale_after: Duration::from_secs(self.stale_job_minutes * 60),
-            max_attempts: self.job_max_attempts,
-            disable_failing_endpoints_after: Duration::from_secs(
-                self.disable_failing_endpoint_days * DAY,
-            ),
-            retention: Duration::from_secs(self.retention_days * DAY),
-            lease: Duration::from_secs(60),
-        }
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -454,41 +423,6 @@ impl Config {
             "object_store",
             format!("`{spec}`: expected file:///path or s3://bucket/prefix"),
         ))
-    }
-
-    /// What the food scorer needs from the configuration.
-    pub fn scorer_settings(&self) -> ScorerSettings {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let threads = if self.inference_threads == 0 {
-            cores
-        } else {
-            self.inference_threads
-        };
-        ScorerSettings {
-            model_dir: self.model_dir.clone(),
-            runtime: RuntimeSettings {
-                choice: self.runtime,
-                ort_library: self.ort_library.clone(),
-                provider: self.execution_provider,
-                provider_fallback: self.execution_provider_fallback,
-                threads,
-                tensorrt_fp16: self.tensorrt_fp16,
-                tensorrt_cache_dir: Some(
-                    self.tensorrt_cache_dir
-                        .clone()
-                        .unwrap_or_else(|| self.data_dir.join("tensorrt")),
-                ),
-            },
-            max_batch: self.max_batch,
-            max_wait: self.max_batch_wait_ms.map(Duration::from_millis),
-            workers: self.inference_workers,
-            queue_capacity: self.batch_queue_capacity.max(1),
-            limits: DecodeLimits {
-                max_pixels: self.max_image_pixels,
-                max_decode_bytes: self.max_decode_bytes,
-            },
-            decode_budget_bytes: self.decode_memory_budget_bytes,
-        }
     }
 
     pub fn outbound_allow_list(&self) -> Result<Vec<IpNet>, ConfigError> {

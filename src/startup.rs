@@ -1,6 +1,8 @@
 //! The composition root: builds every part from the configuration, binds the listener,
 //! and runs until told to stop.
 
+pub mod settings;
+
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use poem::{
@@ -109,7 +111,7 @@ impl Application {
         let background = if role.runs_workers() {
             let batch_sizes: BatchObserver =
                 Arc::new(|size| metrics::get().batch_size.observe(size as f64));
-            let scorer = Arc::new(Scorer::load(&config.scorer_settings(), Some(batch_sizes))?);
+            let scorer = Arc::new(Scorer::load(&settings::scorer(config), Some(batch_sizes))?);
             let scoring = ScoringInfo {
                 runtime: scorer.runtime_name().to_string(),
                 model_version: scorer.model().version.clone(),
@@ -130,21 +132,21 @@ impl Application {
                     fetcher,
                     wakeups.clone(),
                     render.clone(),
-                    config.worker_settings(&scorer),
+                    settings::worker(config, &scorer),
                 ),
                 deliveries: DeliveryWorker::new(
                     db.clone(),
                     webhook_client,
                     wakeups.clone(),
-                    config.delivery_settings()?,
+                    settings::delivery(config)?,
                 ),
                 reconciler: Reconciler::new(
                     db.clone(),
                     objects.clone(),
                     render.clone(),
-                    config.reconcile_settings(),
+                    settings::reconcile(config),
                 ),
-                schedule: config.reconcile_schedule()?,
+                schedule: settings::reconcile_schedule(config)?,
             })
         } else {
             None

@@ -13,6 +13,7 @@ use crate::{
         preprocess::{self, DecodeLimits},
         runtime, FoodModel, Scorer,
     },
+    startup,
 };
 
 fn median(mut samples: Vec<f64>) -> f64 {
@@ -28,7 +29,7 @@ pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Images per second of the runtime alone at each batch size, one caller, with the latency
 /// of one batch.
 pub fn runtime_throughput(config: &Config, batches: &[usize], seconds: f64) -> anyhow::Result<()> {
-    let settings = config.scorer_settings();
+    let settings = startup::settings::scorer(config);
     let model = FoodModel::load(&settings.model_dir)?;
     let runtime = runtime::load(model.file(), &settings.runtime, settings.max_batch)?;
     println!(
@@ -65,7 +66,7 @@ pub fn runtime_throughput(config: &Config, batches: &[usize], seconds: f64) -> a
 
 /// Milliseconds to decode and to resize+normalise one file, median of `iterations`.
 pub fn preprocess_time(config: &Config, file: &Path, iterations: usize) -> anyhow::Result<()> {
-    let model = FoodModel::load(&config.scorer_settings().model_dir)?;
+    let model = FoodModel::load(&startup::settings::scorer(config).model_dir)?;
     let bytes = std::fs::read(file)?;
     let limits = DecodeLimits::default();
     let (mut decode, mut resize) = (Vec::new(), Vec::new());
@@ -96,7 +97,7 @@ pub fn preprocess_time(config: &Config, file: &Path, iterations: usize) -> anyho
 /// Throughput at saturation through the batcher, against the runtime alone at the same
 /// batch size, on ready tensors (preprocessing excluded).
 pub async fn batcher_overhead(config: &Config, seconds: f64) -> anyhow::Result<()> {
-    let settings = config.scorer_settings();
+    let settings = startup::settings::scorer(config);
     let model = Arc::new(FoodModel::load(&settings.model_dir)?);
     let runtime = runtime::load(model.file(), &settings.runtime, settings.max_batch)?;
     let scorer = Scorer::with_runtime(model.clone(), runtime.clone(), &settings, None);

@@ -28,7 +28,7 @@ use crate::{
     api,
     config::Config,
     inference::Scorer,
-    startup::{Application, Role},
+    startup::{self, Application, Role},
     store::{
         endpoints,
         jobs::{self, InsertOutcome, NewJob, NewJobImage},
@@ -247,8 +247,8 @@ pub async fn pipeline(config: &Config, images: &[PathBuf], jobs: usize) -> anyho
 
     // 1. Preprocessing + inference alone: the scorer, as many callers as the workers use.
     let (raw_rate, concurrency) = {
-        let scorer = Arc::new(Scorer::load(&config.scorer_settings(), None)?);
-        let concurrency = config.worker_settings(&scorer).concurrency;
+        let scorer = Arc::new(Scorer::load(&startup::settings::scorer(config), None)?);
+        let concurrency = startup::settings::worker(config, &scorer).concurrency;
         let inputs: Vec<Bytes> = (0..jobs)
             .map(|i| photos[i % photos.len()].clone())
             .collect();

@@ -172,6 +172,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::load(cli.config.as_deref())?;
+    startup::settings::check(&config)?;
     telemetry::init(config.log_format);
     let command = cli.command.unwrap_or(Command::Serve {
         role: std::env::var("PLATESCORE_ROLE")
@@ -232,7 +233,7 @@ async fn reconcile_now(config: Config) -> anyhow::Result<()> {
         db,
         objects::open(&config).await?,
         api::webhook_payload_renderer(),
-        config.reconcile_settings(),
+        startup::settings::reconcile(&config),
     );
     let now = reconciler.db().now().await;
     let stop = CancellationToken::new();

@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::{
     config::Config,
     inference::{DietTag, Scored, Scorer},
+    startup,
 };
 
 /// The path first, then the result.
@@ -67,7 +68,7 @@ pub async fn run(
     lang: &str,
 ) -> anyhow::Result<bool> {
     let (files, any_folder) = collect(paths)?;
-    let scorer = Scorer::load(&config.scorer_settings(), None)?;
+    let scorer = Scorer::load(&startup::settings::scorer(config), None)?;
     tracing::info!(runtime = %scorer.runtime_name(), model = %scorer.model().version, images = files.len(), "scoring");
     let progress = if any_folder {
         let bar =

@@ -9,11 +9,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use entity::{delivery, webhook_endpoint};
-use tokio::{
-    sync::{mpsc, oneshot, Semaphore},
-    task::JoinSet,
-    time::Instant,
-};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -24,6 +20,7 @@ use super::{
 use crate::{
     metrics,
     outbound::{FetchError, GuardedClient},
+    queue_pool::{self, CommitBatch, GroupCommit, LeasedWork, PoolSettings, Unrecorded},
     store::{
         deliveries::{self, AttemptOutcome, AttemptRecord, DeliveryLease, NextStep},
         endpoints::{self, EndpointHealth},
@@ -150,87 +147,18 @@ impl DeliveryWorker {
     /// Sends due deliveries until `shutdown`, then waits for the attempts in flight (each
     /// ends within the attempt timeout).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
-        let mut in_flight = JoinSet::new();
-        let (recorder, outcomes) = mpsc::channel(self.settings.concurrency.max(1));
-        let recording = tokio::spawn(record_outcomes(self.db.clone(), outcomes));
-        let mut last_rescue: Option<Instant> = None;
-        while !shutdown.is_cancelled() {
-            while in_flight.try_join_next().is_some() {}
-            if last_rescue.is_none_or(|at| at.elapsed() >= self.settings.lease / 2) {
-                last_rescue = Some(Instant::now());
-                if let Err(err) = deliveries::rescue_expired(&self.db, self.db.now().await).await {
-                    tracing::warn!(error = %err, "rescuing deliveries failed");
-                }
-            }
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                permit = slots.clone().acquire_owned() => permit.expect("never closed"),
-            };
-            let free = slots.available_permits() + 1;
-            let saturated = self.receivers.saturated();
-            let skip: Vec<&str> = saturated.iter().map(String::as_str).collect();
-            let claimed_all = match deliveries::claim_due(
-                &self.db,
-                self.db.now().await,
-                free as u64,
-                self.settings.lease,
-                &skip,
-            )
-            .await
-            {
-                Ok(claimed) => claimed,
-                Err(err) => {
-                    tracing::warn!(error = %err, "claiming deliveries failed");
-                    Vec::new()
-                }
-            };
-            // A claim may hold more for one receiver than its cap allows: those go back.
-            let (mut claimed, mut over_cap) = (Vec::new(), Vec::new());
-            for lease in claimed_all {
-                match self.receivers.try_take(&lease.delivery.url) {
-                    Some(slot) => claimed.push((lease, slot)),
-                    None => over_cap.push(lease),
-                }
-            }
-            if let Err(err) = deliveries::release(&self.db, &over_cap, self.db.now().await).await {
-                tracing::warn!(error = %err, "putting back deliveries over their receiver's cap failed; their leases will expire");
-            }
-            let idle = claimed.is_empty();
-            let endpoints = self
-                .endpoints_of(claimed.iter().map(|(lease, _)| lease))
-                .await;
-            let mut permit = Some(permit);
-            for (lease, receiver_slot) in claimed {
-                let permit = match permit.take() {
-                    Some(p) => p,
-                    None => slots.clone().acquire_owned().await.expect("never closed"),
-                };
-                let worker = self.clone();
-                let endpoint = lease
-                    .delivery
-                    .endpoint_id
-                    .and_then(|id| endpoints.get(&id).cloned());
-                let recorder = recorder.clone();
-                in_flight.spawn(async move {
-                    let id = lease.delivery.id;
-                    if let Err(err) = worker.deliver(lease, endpoint, recorder).await {
-                        tracing::warn!(delivery_id = %id, error = %err, "recording a delivery failed; its lease will expire and it be retried");
-                    }
-                    drop(receiver_slot);
-                    drop(permit);
-                });
-            }
-            drop(permit);
-            if idle {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = self.wakeups.wait(Work::Deliveries, self.settings.poll_interval) => {}
-                }
-            }
-        }
-        while in_flight.join_next().await.is_some() {}
-        drop(recorder);
+        let settings = PoolSettings {
+            concurrency: self.settings.concurrency,
+            rescue_every: self.settings.lease / 2,
+            shutdown_grace: None,
+        };
+        let (recorder, recording) =
+            GroupCommit::start(self.clone(), RECORD_BATCH, self.settings.concurrency);
+        let running = Arc::new(Running {
+            worker: self,
+            recorder,
+        });
+        queue_pool::run(running, settings, shutdown).await;
         let _ = recording.await;
     }
 
@@ -255,7 +183,7 @@ impl DeliveryWorker {
         &self,
         lease: DeliveryLease,
         endpoint: Option<webhook_endpoint::Model>,
-        recorder: mpsc::Sender<(AttemptOutcome, oneshot::Sender<bool>)>,
+        recorder: &Recorder,
     ) -> Result<(), DeliveryError> {
         let now = self.db.now().await;
         if let (Some(id), None) = (lease.delivery.endpoint_id, &endpoint) {
@@ -277,7 +205,7 @@ impl DeliveryWorker {
                 next: NextStep::GiveUp,
                 reason: Some(reason.into()),
             };
-            record(&recorder, outcome).await?;
+            record(recorder, outcome).await?;
             return Ok(());
         }
         let secrets = self
@@ -324,7 +252,7 @@ impl DeliveryWorker {
             next,
             reason,
         };
-        if !record(&recorder, outcome).await? {
+        if !record(recorder, outcome).await? {
             tracing::warn!(delivery_id = %id, "the delivery's lease expired during the attempt");
         }
         // Only changes are written: a healthy endpoint's success costs no write.
@@ -478,67 +406,126 @@ async fn post_signed(
 
 /// Hands an outcome to the recorder and waits until it is committed; true if the lease
 /// was still held.
-async fn record(
-    recorder: &mpsc::Sender<(AttemptOutcome, oneshot::Sender<bool>)>,
-    outcome: AttemptOutcome,
-) -> Result<bool, DeliveryError> {
-    let (done, committed) = oneshot::channel();
-    recorder
-        .send((outcome, done))
-        .await
-        .map_err(|_| DeliveryError::RecorderStopped)?;
-    committed.await.map_err(|_| DeliveryError::NotRecorded)
+async fn record(recorder: &Recorder, outcome: AttemptOutcome) -> Result<bool, DeliveryError> {
+    recorder.submit(outcome).await.map_err(|e| match e {
+        Unrecorded::Stopped => DeliveryError::RecorderStopped,
+        Unrecorded::Failed => DeliveryError::NotRecorded,
+    })
 }
+
+/// Records attempts in group commits; each says whether the lease was still held.
+type Recorder = GroupCommit<AttemptOutcome, bool>;
 
 /// Most outcomes waiting per commit.
 const RECORD_BATCH: usize = 256;
 
-/// Commits outcomes as they come: whatever has queued up while the last commit ran goes
-/// into the next one. Ends when every sender is gone.
-async fn record_outcomes(
-    db: Db,
-    mut outcomes: mpsc::Receiver<(AttemptOutcome, oneshot::Sender<bool>)>,
-) {
-    let mut batch = Vec::with_capacity(RECORD_BATCH);
-    while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
-        let (pending, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-        let held: Vec<Option<bool>> = match deliveries::record_attempts(
-            &db,
-            &pending,
-            db.now().await,
+/// Attempts are committed together (`deliveries::record_attempts`).
+impl CommitBatch for DeliveryWorker {
+    type Item = AttemptOutcome;
+    type Reply = bool;
+    type Error = StoreError;
+    const ITEM: &'static str = "delivery attempt";
+
+    async fn commit(&self, batch: &[AttemptOutcome]) -> Result<Vec<bool>, StoreError> {
+        deliveries::record_attempts(&self.db, batch, self.db.now().await).await
+    }
+}
+
+/// A claimed delivery, with its endpoint and its place at the receiver (given back when it
+/// is dropped).
+struct Claimed {
+    lease: DeliveryLease,
+    endpoint: Option<webhook_endpoint::Model>,
+    _receiver_slot: ReceiverSlot,
+}
+
+/// One run of the delivery pool: the worker and its attempt recorder, which stops when the
+/// pool is done with it.
+struct Running {
+    worker: Arc<DeliveryWorker>,
+    recorder: Recorder,
+}
+
+impl LeasedWork for Running {
+    type Item = Claimed;
+
+    async fn rescue(&self) {
+        let db = &self.worker.db;
+        if let Err(err) = deliveries::rescue_expired(db, db.now().await).await {
+            tracing::warn!(error = %err, "rescuing deliveries failed");
+        }
+    }
+
+    /// Claims due deliveries, except to receivers at their cap; a claim may still hold more
+    /// for one receiver than its cap allows, and those go back at once.
+    async fn claim(&self, limit: usize) -> Vec<Claimed> {
+        let worker = self.worker.as_ref();
+        let saturated = worker.receivers.saturated();
+        let skip: Vec<&str> = saturated.iter().map(String::as_str).collect();
+        let now = worker.db.now().await;
+        let claimed = match deliveries::claim_due(
+            &worker.db,
+            now,
+            limit as u64,
+            worker.settings.lease,
+            &skip,
         )
         .await
         {
-            Ok(held) => held.into_iter().map(Some).collect(),
-            // One bad outcome must not sink the others: try them one by one.
-            Err(err) if pending.len() > 1 => {
-                tracing::warn!(error = %err, outcomes = pending.len(), "recording delivery attempts together failed; recording them one by one");
-                let mut held = Vec::with_capacity(pending.len());
-                for outcome in &pending {
-                    let one = deliveries::record_attempts(
-                        &db,
-                        std::slice::from_ref(outcome),
-                        db.now().await,
-                    )
-                    .await;
-                    if let Err(err) = &one {
-                        tracing::warn!(error = %err, delivery_id = %outcome.lease.delivery.id, "recording a delivery attempt failed");
-                    }
-                    held.push(one.ok().and_then(|h| h.first().copied()));
-                }
-                held
-            }
+            Ok(claimed) => claimed,
             Err(err) => {
-                tracing::warn!(error = %err, "recording a delivery attempt failed");
-                vec![None]
+                tracing::warn!(error = %err, "claiming deliveries failed");
+                Vec::new()
             }
         };
-        // A reply dropped (None) reports the failure; the lease will expire.
-        for (reply, held) in replies.into_iter().zip(held) {
-            if let Some(held) = held {
-                let _ = reply.send(held);
+        let (mut admitted, mut over_cap) = (Vec::new(), Vec::new());
+        for lease in claimed {
+            match worker.receivers.try_take(&lease.delivery.url) {
+                Some(slot) => admitted.push((lease, slot)),
+                None => over_cap.push(lease),
             }
         }
+        if let Err(err) = deliveries::release(&worker.db, &over_cap, worker.db.now().await).await {
+            tracing::warn!(error = %err, "putting back deliveries over their receiver's cap failed; their leases will expire");
+        }
+        let endpoints = worker
+            .endpoints_of(admitted.iter().map(|(lease, _)| lease))
+            .await;
+        admitted
+            .into_iter()
+            .map(|(lease, receiver_slot)| {
+                let endpoint = lease
+                    .delivery
+                    .endpoint_id
+                    .and_then(|id| endpoints.get(&id).cloned());
+                Claimed {
+                    lease,
+                    endpoint,
+                    _receiver_slot: receiver_slot,
+                }
+            })
+            .collect()
+    }
+
+    /// An attempt runs to its end: it is bounded by the attempt timeout, so `release`
+    /// is not needed.
+    async fn process(self: Arc<Self>, claimed: Claimed, _release: CancellationToken) {
+        let Claimed {
+            lease,
+            endpoint,
+            _receiver_slot,
+        } = claimed;
+        let id = lease.delivery.id;
+        if let Err(err) = self.worker.deliver(lease, endpoint, &self.recorder).await {
+            tracing::warn!(delivery_id = %id, error = %err, "recording a delivery failed; its lease will expire and it be retried");
+        }
+    }
+
+    async fn idle(&self) {
+        let DeliveryWorker {
+            wakeups, settings, ..
+        } = self.worker.as_ref();
+        wakeups.wait(Work::Deliveries, settings.poll_interval).await;
     }
 }
 

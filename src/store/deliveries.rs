@@ -1,6 +1,6 @@
 //! The webhook outbox. A finished job's delivery rows are written in the same transaction
-//! as its result ([`super::queue::finish`]); delivery workers claim due rows under a lease,
-//! like jobs, and record each attempt.
+//! as its result ([`super::queue::finish`]); delivery workers claim due rows under a lease
+//! (a leased queue, like jobs: see `leased`) and record each attempt.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -13,13 +13,13 @@ use sea_orm::{
     prelude::*,
     sea_query::{Expr, ExprTrait, LockType},
     ActiveValue::Set,
-    ConnectionTrait, DbBackend, FromQueryResult, QueryOrder, QuerySelect, QueryTrait, Statement,
-    TransactionTrait,
+    ConnectionTrait, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
 };
 
 use super::{
-    fair::{self, FairQueue},
-    lease_end, Db, StoreError,
+    fair,
+    leased::{self, DELIVERIES},
+    Db, StoreError,
 };
 
 /// Renders the webhook body of a finished job: the job as the API shows it, plus its event
@@ -124,7 +124,7 @@ pub(super) async fn enqueue_for_job<C: ConnectionTrait>(
         Some(_) => Vec::new(),
         None => partner_destinations(conn, job.partner_id).await?,
     };
-    let turn = fair::next_turn(conn, FairQueue::Deliveries, job.partner_id).await?;
+    let turn = fair::next_turn(conn, &DELIVERIES, job.partner_id).await?;
     insert_rows(conn, rows_for_job(job, &endpoints, render, now, turn)).await
 }
 
@@ -144,51 +144,16 @@ pub async fn claim_due(
     lease_for: Duration,
     skip: &[&str],
 ) -> Result<Vec<DeliveryLease>, StoreError> {
-    let token = Uuid::new_v4();
-    let backend = db.backend();
-    let sql = match backend {
-        DbBackend::Postgres => {
-            "WITH picked AS MATERIALIZED (
-                 SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $1
-                     AND url NOT IN (SELECT jsonb_array_elements_text($5::jsonb))
-                 ORDER BY turn, next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
-             UPDATE deliveries SET status = 'sending', lease_token = $3, lease_expires_at = $4,
-                 updated_at = $1
-             FROM picked WHERE deliveries.id = picked.id
-             RETURNING deliveries.*"
-        }
-        _ => {
-            "UPDATE deliveries SET status = 'sending', lease_token = $3, lease_expires_at = $4,
-                 updated_at = $1
-             WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending'
-                          AND next_attempt_at <= $1
-                          AND url NOT IN (SELECT value FROM json_each($5))
-                          ORDER BY turn, next_attempt_at, id LIMIT $2)
-             RETURNING *"
-        }
+    let excluding = leased::Excluding {
+        column: "url",
+        values: skip,
     };
-    let statement = Statement::from_sql_and_values(
-        backend,
-        sql,
-        [
-            now.into(),
-            (limit as i64).into(),
-            token.into(),
-            lease_end(now, lease_for).into(),
-            serde_json::to_string(skip)
-                .unwrap_or_else(|_| "[]".into())
-                .into(),
-        ],
-    );
-    let rows = db.writer().query_all_raw(statement).await?;
-    rows.iter()
-        .map(|row| {
-            Ok(DeliveryLease {
-                delivery: delivery::Model::from_query_result(row, "")?,
-                token,
-            })
-        })
-        .collect()
+    let (deliveries, token) =
+        leased::claim(db, &DELIVERIES, now, limit, lease_for, Some(excluding)).await?;
+    Ok(deliveries
+        .into_iter()
+        .map(|delivery| DeliveryLease { delivery, token })
+        .collect())
 }
 
 /// Puts claimed deliveries back, untried, due when they were (their receiver is at its
@@ -447,7 +412,7 @@ pub async fn redeliver(
     }
     // Deliveries being sent right now are left to finish their attempt. The others queue
     // again behind the partner's waiting deliveries, not ahead of everyone.
-    let turn = fair::next_turn(&txn, FairQueue::Deliveries, job.partner_id).await?;
+    let turn = fair::next_turn(&txn, &DELIVERIES, job.partner_id).await?;
     let reset = due_again(now)
         .col_expr(delivery::Column::Attempts, Expr::value(0))
         .col_expr(delivery::Column::Turn, Expr::value(turn))

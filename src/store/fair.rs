@@ -16,32 +16,20 @@ use std::collections::HashMap;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use uuid::Uuid;
 
-use super::StoreError;
-
-/// The two fair queues.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum FairQueue {
-    Jobs,
-    Deliveries,
-}
-
-impl FairQueue {
-    /// (table, the waiting status, the status being worked on).
-    fn table(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            Self::Jobs => ("jobs", "queued", "in_progress"),
-            Self::Deliveries => ("deliveries", "pending", "sending"),
-        }
-    }
-}
+use super::{leased::LeasedTable, StoreError};
 
 /// The turn for a partner's next item: two lookups at the end of two indexes.
 pub(crate) async fn next_turn<C: ConnectionTrait>(
     conn: &C,
-    queue: FairQueue,
+    queue: &LeasedTable,
     partner_id: Uuid,
 ) -> Result<i64, StoreError> {
-    let (table, waiting, working) = queue.table();
+    let LeasedTable {
+        name: table,
+        waiting,
+        working,
+        ..
+    } = queue;
     let backend = conn.get_database_backend();
     let greatest = match backend {
         DbBackend::Postgres => "GREATEST",
@@ -69,12 +57,12 @@ pub(crate) async fn next_turn<C: ConnectionTrait>(
 /// Hands out turns for many items written together (one group commit): each partner's
 /// next turn is read once, then counted up.
 pub(crate) struct Turns {
-    queue: FairQueue,
+    queue: &'static LeasedTable,
     next: HashMap<Uuid, i64>,
 }
 
 impl Turns {
-    pub(crate) fn new(queue: FairQueue) -> Self {
+    pub(crate) fn new(queue: &'static LeasedTable) -> Self {
         Self {
             queue,
             next: HashMap::new(),

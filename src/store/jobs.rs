@@ -10,10 +10,7 @@ use sea_orm::{
     prelude::*, ActiveValue::Set, Condition, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
 };
 
-use super::{
-    fair::{self, FairQueue},
-    Db, StoreError,
-};
+use super::{fair, leased::JOBS, Db, StoreError};
 
 /// Everything enqueue knows about a new job.
 #[derive(Debug, Clone)]
@@ -70,7 +67,7 @@ pub enum Earlier {
 /// Inserts the job, unless an earlier request took its idempotency key or client reference
 /// (also when one races this one: the unique indexes decide).
 pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
-    let turn = fair::next_turn(db.reader(), FairQueue::Jobs, new.partner_id).await?;
+    let turn = fair::next_turn(db.reader(), &JOBS, new.partner_id).await?;
     let row = new_row(&new, db.now().await, turn);
     match row.insert(db.writer()).await {
         Ok(created) => Ok(InsertOutcome::Created(Box::new(created))),
@@ -97,7 +94,7 @@ pub async fn insert_within(
         txn.rollback().await?;
         return Ok((InsertOutcome::QueueFull, unfinished));
     }
-    let turn = fair::next_turn(&txn, FairQueue::Jobs, new.partner_id).await?;
+    let turn = fair::next_turn(&txn, &JOBS, new.partner_id).await?;
     let row = new_row(&new, now, turn);
     match row.insert(&txn).await {
         Ok(created) => {

@@ -7,6 +7,7 @@ pub mod deliveries;
 pub mod endpoints;
 mod fair;
 pub mod jobs;
+mod leased;
 pub mod overview;
 pub mod partners;
 pub mod queue;

@@ -1,11 +1,7 @@
-//! The work queue over the jobs table. A claim moves due `queued` jobs to `in_progress` under
-//! a fresh lease token; only the token's holder may finish the job, and leases that expire
-//! (a crashed or stuck worker) are rescued back to `queued`. No transaction is held while a
-//! job is worked on: the status and lease columns are the lock.
-//!
-//! PostgreSQL claims with `FOR UPDATE SKIP LOCKED` inside a materialised CTE, so concurrent
-//! workers never take the same row; SQLite has one writer, so a plain
-//! `UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING *` is atomic.
+//! The work queue over the jobs table, a leased queue (see `leased`): a claim moves due
+//! `queued` jobs to `in_progress` under a fresh lease token; only the token's holder may
+//! finish the job, and leases that expire (a crashed or stuck worker) are rescued back to
+//! `queued`.
 
 use std::time::Duration;
 
@@ -14,13 +10,15 @@ use entity::job::{self, JobStatus};
 use sea_orm::{
     prelude::*,
     sea_query::{Expr, ExprTrait},
-    DbBackend, FromQueryResult, Statement, TransactionTrait,
+    TransactionTrait,
 };
 
 use super::{
     deliveries::{self, PayloadRenderer},
-    fair::{FairQueue, Turns},
-    lease_end, Db, StoreError,
+    fair::Turns,
+    lease_end,
+    leased::{self, DELIVERIES, JOBS},
+    Db, StoreError,
 };
 
 /// A job held by a worker.
@@ -37,46 +35,8 @@ pub async fn claim(
     limit: u64,
     lease_for: Duration,
 ) -> Result<Vec<Lease>, StoreError> {
-    let token = Uuid::new_v4();
-    let expires = lease_end(now, lease_for);
-    let backend = db.backend();
-    let sql = match backend {
-        DbBackend::Postgres => {
-            "WITH picked AS MATERIALIZED (
-                 SELECT id FROM jobs WHERE status = 'queued' AND run_at <= $1
-                 ORDER BY turn, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
-             UPDATE jobs SET status = 'in_progress', lease_token = $3, lease_expires_at = $4,
-                 attempts = attempts + 1, started_at = COALESCE(started_at, $1), updated_at = $1
-             FROM picked WHERE jobs.id = picked.id
-             RETURNING jobs.*"
-        }
-        _ => {
-            "UPDATE jobs SET status = 'in_progress', lease_token = $3, lease_expires_at = $4,
-                 attempts = attempts + 1, started_at = COALESCE(started_at, $1), updated_at = $1
-             WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= $1
-                          ORDER BY turn, run_at, id LIMIT $2)
-             RETURNING *"
-        }
-    };
-    let statement = Statement::from_sql_and_values(
-        backend,
-        sql,
-        [
-            now.into(),
-            (limit as i64).into(),
-            token.into(),
-            expires.into(),
-        ],
-    );
-    let rows = db.writer().query_all_raw(statement).await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Lease {
-                job: job::Model::from_query_result(row, "")?,
-                token,
-            })
-        })
-        .collect()
+    let (jobs, token) = leased::claim(db, &JOBS, now, limit, lease_for, None).await?;
+    Ok(jobs.into_iter().map(|job| Lease { job, token }).collect())
 }
 
 /// Extends a lease; false when the lease is no longer ours.
@@ -153,7 +113,7 @@ pub async fn finish_many(
     let mut rows = Vec::new();
     let mut endpoints_of: std::collections::HashMap<Uuid, deliveries::Destinations> =
         std::collections::HashMap::new();
-    let mut turns = Turns::new(FairQueue::Deliveries);
+    let mut turns = Turns::new(&DELIVERIES);
     for (lease, outcome) in outcomes {
         let is_final = !matches!(outcome, Outcome::Retry { .. });
         let updated = outcome_update(outcome, now)

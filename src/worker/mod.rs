@@ -10,11 +10,7 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
-use tokio::{
-    sync::{mpsc, oneshot, Semaphore},
-    task::JoinSet,
-    time::Instant,
-};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -26,12 +22,13 @@ use crate::{
     metrics,
     objects::{self, ObjectStore},
     outbound::GuardedClient,
+    queue_pool::{self, CommitBatch, GroupCommit, LeasedWork, PoolSettings, Unrecorded},
     store::{
         deliveries::PayloadRenderer,
         jobs,
         queue::{self, FetchedImage, Lease, Outcome},
         wakeups::{Wakeups, Work},
-        Db,
+        Db, StoreError,
     },
 };
 
@@ -104,8 +101,9 @@ impl Counted {
     }
 }
 
-/// A job's outcome on its way to the recorder, with where to say whether it was written.
-type Finishing = (Lease, Outcome, oneshot::Sender<Option<usize>>);
+/// Records outcomes in group commits; each says how many deliveries it wrote, or None when
+/// the lease was lost.
+type Recorder = GroupCommit<(Lease, Outcome), Option<usize>>;
 
 /// Most outcomes per commit.
 const RECORD_BATCH: usize = 64;
@@ -140,157 +138,24 @@ impl JobWorker {
     /// Claims and works on jobs until `shutdown`; then stops claiming, lets in-flight jobs
     /// finish within the grace period, and releases the rest back to the queue.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
-        let mut in_flight = JoinSet::new();
-        let (recorder, outcomes) = mpsc::channel(self.settings.concurrency.max(1));
-        let recording = tokio::spawn(self.clone().record_outcomes(outcomes));
-        let release = CancellationToken::new();
-        let mut last_rescue: Option<Instant> = None;
-        while !shutdown.is_cancelled() {
-            while in_flight.try_join_next().is_some() {}
-            if last_rescue.is_none_or(|at| at.elapsed() >= self.settings.lease / 2) {
-                last_rescue = Some(Instant::now());
-                let rescued = queue::rescue_expired(
-                    &self.db,
-                    self.db.now().await,
-                    self.settings.max_attempts,
-                    &self.render,
-                )
-                .await;
-                match rescued {
-                    Ok((0, 0)) => {}
-                    Ok((requeued, failed)) => {
-                        tracing::info!(requeued, failed, "rescued jobs whose lease expired");
-                        metrics::get().jobs_swept("worker_lost", requeued, failed);
-                    }
-                    Err(err) => tracing::warn!(error = %err, "rescuing expired leases failed"),
-                }
-            }
-            // Wait for a free slot before claiming, so claimed jobs never wait on us.
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                permit = slots.clone().acquire_owned() => permit.expect("never closed"),
-            };
-            let free = slots.available_permits() + 1;
-            let claimed = match queue::claim(
-                &self.db,
-                self.db.now().await,
-                free as u64,
-                self.settings.lease,
-            )
-            .await
-            {
-                Ok(claimed) => claimed,
-                Err(err) => {
-                    tracing::warn!(error = %err, "claiming jobs failed");
-                    Vec::new()
-                }
-            };
-            let idle = claimed.is_empty();
-            let mut permit = Some(permit);
-            for lease in claimed {
-                let permit = match permit.take() {
-                    Some(p) => p,
-                    None => slots.clone().acquire_owned().await.expect("never closed"),
-                };
-                let worker = self.clone();
-                let release = release.clone();
-                let recorder = recorder.clone();
-                let span = tracing::info_span!("job", job_id = %lease.job.id, partner_id = %lease.job.partner_id);
-                in_flight.spawn(
-                    async move {
-                        worker.process(lease, release, recorder).await;
-                        drop(permit);
-                    }
-                    .instrument(span),
-                );
-            }
-            drop(permit);
-            if idle {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = self.wakeups.wait(Work::Jobs, self.settings.poll_interval) => {}
-                }
-            }
-        }
-        if !in_flight.is_empty() {
-            tracing::info!(jobs = in_flight.len(), "waiting for in-flight jobs");
-            let deadline = tokio::time::sleep(self.settings.shutdown_grace);
-            tokio::pin!(deadline);
-            loop {
-                tokio::select! {
-                    next = in_flight.join_next() => if next.is_none() { break },
-                    _ = &mut deadline, if !release.is_cancelled() => {
-                        tracing::warn!(jobs = in_flight.len(), "grace period over: releasing in-flight jobs");
-                        release.cancel();
-                    }
-                }
-            }
-        }
-        drop(recorder);
+        let settings = PoolSettings {
+            concurrency: self.settings.concurrency,
+            rescue_every: self.settings.lease / 2,
+            shutdown_grace: Some(self.settings.shutdown_grace),
+        };
+        let (recorder, recording) =
+            GroupCommit::start(self.clone(), RECORD_BATCH, self.settings.concurrency);
+        let running = Arc::new(Running {
+            worker: self,
+            recorder,
+        });
+        queue_pool::run(running, settings, shutdown).await;
         let _ = recording.await;
-    }
-
-    /// Commits outcomes as they come: whatever queued up while the last commit ran goes
-    /// into the next one. Ends when every sender is gone.
-    async fn record_outcomes(self: Arc<Self>, mut outcomes: mpsc::Receiver<Finishing>) {
-        let mut batch = Vec::with_capacity(RECORD_BATCH);
-        while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
-            let (pending, replies): (Vec<_>, Vec<_>) =
-                batch.drain(..).map(|(l, o, r)| ((l, o), r)).unzip();
-            let results = match queue::finish_many(
-                &self.db,
-                pending.clone(),
-                self.db.now().await,
-                &self.render,
-            )
-            .await
-            {
-                Ok(results) => results.into_iter().map(Some).collect(),
-                // One bad outcome must not sink the others: try them one by one.
-                Err(err) if pending.len() > 1 => {
-                    tracing::warn!(error = %err, jobs = pending.len(), "recording job outcomes together failed; recording them one by one");
-                    let mut results = Vec::with_capacity(pending.len());
-                    for one in pending {
-                        results.push(self.finish_one(one).await);
-                    }
-                    results
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "recording a job outcome failed; the lease will expire and the job be retried");
-                    vec![None]
-                }
-            };
-            if results.iter().any(|r| r.flatten().is_some_and(|n| n > 0)) {
-                self.wakeups.announce(Work::Deliveries).await;
-            }
-            // A reply dropped (None) reports the failure; the lease will expire.
-            for (reply, result) in replies.into_iter().zip(results) {
-                if let Some(result) = result {
-                    let _ = reply.send(result);
-                }
-            }
-        }
-    }
-
-    async fn finish_one(&self, outcome: (Lease, Outcome)) -> Option<Option<usize>> {
-        match queue::finish_many(&self.db, vec![outcome], self.db.now().await, &self.render).await {
-            Ok(mut results) => results.pop(),
-            Err(err) => {
-                tracing::warn!(error = %err, "recording a job outcome failed; the lease will expire and the job be retried");
-                None
-            }
-        }
     }
 
     /// Works on one claimed job and records its outcome, heartbeating meanwhile. When
     /// `release` fires first, the job goes back to the queue untouched.
-    async fn process(
-        &self,
-        lease: Lease,
-        release: CancellationToken,
-        recorder: mpsc::Sender<Finishing>,
-    ) {
+    async fn process(&self, lease: Lease, release: CancellationToken, recorder: &Recorder) {
         let started = Instant::now();
         let worked = {
             let work = self.work(&lease);
@@ -350,15 +215,13 @@ impl JobWorker {
         };
         let created_at = lease.job.created_at;
         let counted = Counted::of(&outcome);
-        let (done, recorded) = oneshot::channel();
-        if recorder.send((lease, outcome, done)).await.is_err() {
-            tracing::warn!("the outcome recorder stopped; the lease will expire");
-            return;
-        }
-        match recorded.await {
+        match recorder.submit((lease, outcome)).await {
             Ok(Some(_)) => counted.record(created_at, now),
             Ok(None) => tracing::warn!("the lease expired before the job finished; result dropped"),
-            Err(_) => tracing::warn!(
+            Err(Unrecorded::Stopped) => {
+                tracing::warn!("the outcome recorder stopped; the lease will expire")
+            }
+            Err(Unrecorded::Failed) => tracing::warn!(
                 "recording the outcome failed; the lease will expire and the job be retried"
             ),
         }
@@ -444,5 +307,79 @@ impl JobWorker {
             crate::intake::remove_if_orphaned(&self.db, self.objects.as_ref(), &image.key).await;
         }
         Ok((bytes, sha256))
+    }
+}
+
+/// One run of the job pool: the worker and its outcome recorder, which stops when the
+/// pool is done with it.
+struct Running {
+    worker: Arc<JobWorker>,
+    recorder: Recorder,
+}
+
+impl LeasedWork for Running {
+    type Item = Lease;
+
+    async fn rescue(&self) {
+        let JobWorker {
+            db,
+            render,
+            settings,
+            ..
+        } = self.worker.as_ref();
+        match queue::rescue_expired(db, db.now().await, settings.max_attempts, render).await {
+            Ok((0, 0)) => {}
+            Ok((requeued, failed)) => {
+                tracing::info!(requeued, failed, "rescued jobs whose lease expired");
+                metrics::get().jobs_swept("worker_lost", requeued, failed);
+            }
+            Err(err) => tracing::warn!(error = %err, "rescuing expired leases failed"),
+        }
+    }
+
+    async fn claim(&self, limit: usize) -> Vec<Lease> {
+        let JobWorker { db, settings, .. } = self.worker.as_ref();
+        match queue::claim(db, db.now().await, limit as u64, settings.lease).await {
+            Ok(claimed) => claimed,
+            Err(err) => {
+                tracing::warn!(error = %err, "claiming jobs failed");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn process(self: Arc<Self>, lease: Lease, release: CancellationToken) {
+        let span =
+            tracing::info_span!("job", job_id = %lease.job.id, partner_id = %lease.job.partner_id);
+        self.worker
+            .process(lease, release, &self.recorder)
+            .instrument(span)
+            .await;
+    }
+
+    async fn idle(&self) {
+        let JobWorker {
+            wakeups, settings, ..
+        } = self.worker.as_ref();
+        wakeups.wait(Work::Jobs, settings.poll_interval).await;
+    }
+}
+
+/// Outcomes are committed together (`queue::finish_many`), with their outbox rows.
+impl CommitBatch for JobWorker {
+    type Item = (Lease, Outcome);
+    type Reply = Option<usize>;
+    type Error = StoreError;
+    const ITEM: &'static str = "job outcome";
+
+    async fn commit(&self, batch: &[(Lease, Outcome)]) -> Result<Vec<Option<usize>>, StoreError> {
+        let now = self.db.now().await;
+        queue::finish_many(&self.db, batch.to_vec(), now, &self.render).await
+    }
+
+    async fn committed(&self, replies: &[Option<Option<usize>>]) {
+        if replies.iter().any(|r| r.flatten().is_some_and(|n| n > 0)) {
+            self.wakeups.announce(Work::Deliveries).await;
+        }
     }
 }

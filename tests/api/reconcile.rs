@@ -716,7 +716,7 @@ async fn several_nodes_starting_together_catch_up_the_missed_slot_once() {
         ..Default::default()
     })
     .await;
-    let schedule = app.config.reconcile_schedule().unwrap();
+    let schedule = platescore::startup::settings::reconcile_schedule(&app.config).unwrap();
     let latest = schedule.latest_at_or_before(app.db.now().await).unwrap();
     let before_last = schedule
         .latest_at_or_before(latest - Duration::seconds(1))

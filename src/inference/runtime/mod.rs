@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Which runtime and provider to load: values of the configuration, defined there.
+pub use crate::config::{ExecutionProvider, RuntimeChoice};
 pub use library::{bundled_library, OrtLibrary};
 pub use onnxruntime::OrtRuntime;
 pub use tract::TractRuntime;
@@ -52,38 +54,6 @@ pub struct BatchingDefaults {
     pub max_wait: Duration,
     /// Batches run at the same time.
     pub workers: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RuntimeChoice {
-    /// ONNX Runtime when its library loads, else tract.
-    Auto,
-    Ort,
-    Tract,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExecutionProvider {
-    Cpu,
-    Cuda,
-    /// TensorRT, with CUDA for any node TensorRT cannot run.
-    Tensorrt,
-}
-
-impl ExecutionProvider {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Cpu => "cpu",
-            Self::Cuda => "cuda",
-            Self::Tensorrt => "tensorrt",
-        }
-    }
-
-    pub fn is_gpu(self) -> bool {
-        self != Self::Cpu
-    }
 }
 
 #[derive(Debug, Clone)]
