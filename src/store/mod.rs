@@ -149,9 +149,20 @@ impl Db {
                             .busy_timeout(Duration::from_secs(10))
                             .foreign_keys(true)
                             .create_if_missing(true)
+                    })
+                    .map_sqlx_sqlite_pool_opts(|pool| {
+                        pool.after_release(|conn, _| {
+                            Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+                        })
                     });
                 options
             };
+            // A connection still in a transaction when it comes back to the pool is closed.
+            // A COMMIT that fails for a full disk makes SQLite roll back by itself; the
+            // driver's own ROLLBACK then fails and it keeps counting the transaction as open,
+            // so it would make each later transaction a savepoint inside one that is never
+            // committed, and every later write would be lost. (A transaction dropped without
+            // its end may be closed too, harmlessly: its rollback is queued behind.)
             let write = Database::connect(sqlite(1)).await?;
             let read = Database::connect(sqlite(max_connections)).await?;
             Ok(Self {
