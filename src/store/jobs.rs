@@ -98,6 +98,10 @@ pub async fn insert_within(
     new: NewJob,
     max_unfinished: u64,
 ) -> Result<(InsertOutcome, u64), StoreError> {
+    // Read before the transaction: reading the database's clock may take a connection of
+    // its own, and one taken while this transaction holds the partner's row could wait for
+    // the connections of the requests queued behind that row, until the pool gives up.
+    let now = db.now().await;
     let txn = db.begin_write().await?;
     super::partners::lock_for_update(&txn, new.partner_id).await?;
     let unfinished = count_unfinished(&txn, new.partner_id).await?;
@@ -106,7 +110,7 @@ pub async fn insert_within(
         return Ok((InsertOutcome::QueueFull, unfinished));
     }
     let turn = fair::next_turn(&txn, FairQueue::Jobs, new.partner_id).await?;
-    let row = new_row(&new, db.now().await, turn);
+    let row = new_row(&new, now, turn);
     match row.insert(&txn).await {
         Ok(created) => {
             txn.commit().await?;
