@@ -864,7 +864,7 @@ async fn wait_until_scored(client: &reqwest::Client, base: &str, key: &str, id: 
 /// Nothing half-written on the full disk: the jobs listed are those accepted, each job
 /// that stored a photo has its object and no object is not a job's (with `all_stored`,
 /// every job stored its photo), and no partial file is left.
-async fn assert_whole(
+async fn assert_jobs_match_objects(
     client: &reqwest::Client,
     base: &str,
     key: &str,
@@ -973,7 +973,7 @@ async fn a_full_disk() {
         assert_problem(response, 507, "storage_full").await;
     }
     let objects_dir = server.data().join("objects");
-    assert_whole(&client, &base, &key, &accepted, &objects_dir, false).await;
+    assert_jobs_match_objects(&client, &base, &key, &accepted, &objects_dir, false).await;
 
     // Space returns: the same server takes photos and URL jobs again, and scores them.
     std::fs::remove_file(&filler).unwrap();
@@ -991,7 +991,7 @@ async fn a_full_disk() {
     for id in &accepted {
         wait_until_scored(&client, &base, &key, id).await;
     }
-    assert_whole(&client, &base, &key, &accepted, &objects_dir, true).await;
+    assert_jobs_match_objects(&client, &base, &key, &accepted, &objects_dir, true).await;
     server.stop();
 }
 

@@ -83,7 +83,9 @@ pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
             Ok(InsertOutcome::Created(Box::new(created)))
         }
         Err(err) => {
-            txn.rollback().await?;
+            // The insert's error is the one to report: a rollback may fail too, where SQLite
+            // has rolled the transaction back already.
+            let _ = txn.rollback().await;
             lost_race(db, &new, err).await
         }
     }
