@@ -1,6 +1,6 @@
 //! Liveness and readiness probes. Neither needs an API key.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc, time::Duration};
 
 use poem::web::Data;
 use poem_openapi::{payload::Json, ApiResponse, OpenApi};
@@ -11,6 +11,21 @@ use super::{
 };
 
 pub struct HealthApi;
+
+/// How long readiness waits for a dependency: one that has not answered by then (a database
+/// that is down makes the pool wait 10 s for a connection) counts as unavailable, so the probe
+/// answers within its timeout (3 s in deploy/k8s).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn within_timeout<E: std::fmt::Display>(
+    check: impl Future<Output = Result<(), E>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
+    }
+}
 
 #[derive(ApiResponse)]
 pub enum ReadyResponse {
@@ -30,12 +45,15 @@ impl HealthApi {
         poem_openapi::payload::PlainText("ok")
     }
 
-    /// The process can serve: the database and the object store are reachable, and it is
-    /// not shutting down. Nodes that score also name their model runtime and model version
+    /// The process can serve: the database and the object store are reachable (each answers
+    /// within 2 s), and it is not shutting down. Nodes that score also name their model runtime and model version
     /// (the model is loaded and warmed up before the listener opens).
     #[oai(path = "/health/ready", method = "get", operation_id = "health_ready")]
     async fn ready(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
-        let (db, objects) = tokio::join!(state.db.ping(), state.objects.health_check());
+        let (db, objects) = tokio::join!(
+            within_timeout(state.db.ping()),
+            within_timeout(state.objects.health_check())
+        );
         let verdict = |ok: bool| {
             if ok {
                 ReadinessState::Ok

@@ -11,6 +11,10 @@ use crate::{
 
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
+/// `Retry-After` on a `503`: a dependency that is down, restarting or failing over is
+/// usually back within seconds.
+pub const UNAVAILABLE_RETRY_AFTER_SECONDS: u64 = 5;
+
 /// A problem detail (RFC 9457). `code` is stable; `detail` is for people and may change.
 #[derive(Debug, Clone, Object)]
 #[oai(example)]
@@ -117,8 +121,12 @@ pub enum ProblemCode {
     QueueFull,
     /// 500: an internal error; it was logged.
     InternalError,
-    /// 503: the image store is unavailable; retry later.
+    /// 503: the image store is unavailable; retry after `Retry-After` seconds.
     StorageUnavailable,
+    /// 503: the database is unavailable; retry after `Retry-After` seconds.
+    DatabaseUnavailable,
+    /// 507: the server's disk is full; nothing was written. Retry later.
+    StorageFull,
 }
 
 impl ProblemCode {
@@ -152,7 +160,8 @@ impl ProblemCode {
             | IdempotencyKeyInvalid
             | ClientReferenceInvalid => StatusCode::UNPROCESSABLE_ENTITY,
             InternalError => StatusCode::INTERNAL_SERVER_ERROR,
-            StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            StorageUnavailable | DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
@@ -236,6 +245,12 @@ fn problem_response(problem: &ApiProblem) -> Response {
             poem::http::HeaderValue::from_static("Bearer"),
         );
     }
+    if problem.status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            "retry-after",
+            poem::http::HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECONDS),
+        );
+    }
     response
 }
 
@@ -269,9 +284,18 @@ pub enum ApiError {
     /// An internal error.
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
-    /// A dependency (database, object store) is unavailable; retry later.
+    /// A dependency (database, object store) is unavailable; nothing was written. Retry
+    /// after `Retry-After` seconds.
     #[oai(status = 503, content_type = "application/problem+json")]
-    Unavailable(Json<Problem>),
+    Unavailable(
+        Json<Problem>,
+        /// Seconds to wait before trying again.
+        #[oai(header = "Retry-After")]
+        u64,
+    ),
+    /// The server's disk is full; nothing was written.
+    #[oai(status = 507, content_type = "application/problem+json")]
+    InsufficientStorage(Json<Problem>),
 }
 
 impl From<ApiProblem> for ApiError {
@@ -286,7 +310,8 @@ impl From<ApiProblem> for ApiError {
             413 => Self::PayloadTooLarge(body),
             415 => Self::UnsupportedMediaType(body),
             422 => Self::UnprocessableEntity(body),
-            503 => Self::Unavailable(body),
+            503 => Self::Unavailable(body, UNAVAILABLE_RETRY_AFTER_SECONDS),
+            507 => Self::InsufficientStorage(body),
             _ => Self::Internal(body),
         }
     }
@@ -308,6 +333,20 @@ into_api_error!(StoreError, ObjectStoreError, IntakeError);
 impl From<StoreError> for ApiProblem {
     #[track_caller]
     fn from(err: StoreError) -> Self {
+        if err.is_unavailable() {
+            tracing::warn!(error = %err, "database unavailable");
+            return ApiProblem::new(
+                ProblemCode::DatabaseUnavailable,
+                "the database is unavailable; retry later",
+            );
+        }
+        if err.is_full() {
+            tracing::error!(error = %err, "the database's disk is full");
+            return ApiProblem::new(
+                ProblemCode::StorageFull,
+                "the server's storage is full; nothing was written",
+            );
+        }
         match err {
             // None is the client's doing: logged, and answered without details.
             StoreError::Db(_)
@@ -321,6 +360,12 @@ impl From<StoreError> for ApiProblem {
 impl From<ObjectStoreError> for ApiProblem {
     fn from(err: ObjectStoreError) -> Self {
         tracing::error!(error = %err, "object store failure");
+        if err.is_full() {
+            return ApiProblem::new(
+                ProblemCode::StorageFull,
+                "the server's storage is full; nothing was written",
+            );
+        }
         ApiProblem::new(
             ProblemCode::StorageUnavailable,
             "the image store is unavailable; retry later",

@@ -102,8 +102,10 @@ impl ObjectStore for FolderStore {
     async fn health_check(&self) -> Result<(), ObjectStoreError> {
         let probe = self.root.join(format!("{STAGING_PREFIX}health"));
         blocking(move || {
-            std::fs::write(&probe, b"ok")?;
-            std::fs::remove_file(&probe)
+            // Removed even when writing failed (a full disk creates the file, then fails).
+            let written = std::fs::write(&probe, b"ok");
+            let removed = std::fs::remove_file(&probe);
+            written.and(removed)
         })
         .await
     }

@@ -29,6 +29,17 @@ pub enum ObjectStoreError {
     Backend(String),
 }
 
+impl ObjectStoreError {
+    /// The store's disk is full (or over its quota): nothing was stored, and storing may
+    /// succeed once space is freed.
+    pub fn is_full(&self) -> bool {
+        matches!(self, Self::Io(err) if matches!(
+            err.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ))
+    }
+}
+
 #[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
     /// Stores `bytes` under `key`. Readers never see a partial object. A key always holds the
@@ -108,5 +119,19 @@ mod tests {
             assert!(validate_key(bad).is_err(), "{bad:?}");
         }
         validate_key(&image_key(uuid::Uuid::nil(), uuid::Uuid::now_v7())).unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_is_full_and_nothing_else_is() {
+        let io = |err| ObjectStoreError::Io(err).is_full();
+        // ENOSPC and EDQUOT, as the folder store meets them.
+        #[cfg(target_os = "linux")]
+        {
+            assert!(io(std::io::Error::from_raw_os_error(28)));
+            assert!(io(std::io::Error::from_raw_os_error(122)));
+        }
+        assert!(io(std::io::ErrorKind::StorageFull.into()));
+        assert!(!io(std::io::ErrorKind::PermissionDenied.into()));
+        assert!(!ObjectStoreError::Backend("connection refused".into()).is_full());
     }
 }

@@ -69,9 +69,22 @@ pub enum Earlier {
 pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
     let turn = fair::next_turn(db.reader(), &JOBS, new.partner_id).await?;
     let row = new_row(&new, db.now().await, turn);
-    match row.insert(db.writer()).await {
-        Ok(created) => Ok(InsertOutcome::Created(Box::new(created))),
-        Err(err) => lost_race(db, &new, err).await,
+    // In a transaction of its own, committed by a statement of its own: on SQLite an
+    // `INSERT … RETURNING` outside a transaction commits as the statement ends, after the
+    // driver has taken the row it returned, and a commit that fails then (a full disk) is
+    // not reported: the job would be answered as created, and be gone.
+    let txn = db.writer().begin().await?;
+    match row.insert(&txn).await {
+        Ok(created) => {
+            txn.commit().await?;
+            Ok(InsertOutcome::Created(Box::new(created)))
+        }
+        Err(err) => {
+            // The insert's error is the one to report: a rollback may fail too, where SQLite
+            // has rolled the transaction back already.
+            let _ = txn.rollback().await;
+            lost_race(db, &new, err).await
+        }
     }
 }
 

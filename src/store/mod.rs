@@ -25,9 +25,12 @@ use std::{
 use chrono::{DateTime, Utc};
 use migration::MigratorTrait;
 use sea_orm::{
-    sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
+    sqlx::{
+        self,
+        sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
+    },
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    DbErr, RuntimeErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -49,6 +52,58 @@ pub enum StoreError {
     /// so this is a database edited by hand).
     #[error("partner {0} is not in the database")]
     PartnerNotFound(Uuid),
+}
+
+impl StoreError {
+    /// The database cannot be reached now (down, restarting, refusing connections, or no
+    /// connection free within the pool's wait): the same request may succeed later.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Db(err) = self else {
+            return false;
+        };
+        if matches!(err, DbErr::ConnectionAcquire(_)) {
+            return true;
+        }
+        match driver_error(err) {
+            Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => true,
+            Some(sqlx::Error::Database(db)) => db.code().is_some_and(|code| {
+                // PostgreSQL: connection exceptions (class 08), the server shutting down or
+                // starting (57P01-57P03), no connection slot (53300).
+                code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+            }),
+            _ => false,
+        }
+    }
+
+    /// The database's disk is full: SQLite's `SQLITE_FULL`, PostgreSQL's `disk_full`
+    /// (53100). Nothing was written; it may succeed once space is freed.
+    pub fn is_full(&self) -> bool {
+        let StoreError::Db(err) = self else {
+            return false;
+        };
+        let Some(sqlx::Error::Database(db)) = driver_error(err) else {
+            return false;
+        };
+        let Some(code) = db.code() else {
+            return false;
+        };
+        const SQLITE_FULL: i32 = 13;
+        match db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+            // An extended result code: the primary code is its low byte.
+            Some(_) => code.parse::<i32>().is_ok_and(|c| c & 0xff == SQLITE_FULL),
+            None => code == "53100",
+        }
+    }
+}
+
+/// The driver's error inside a database error, if it came from the driver.
+fn driver_error(err: &DbErr) -> Option<&sqlx::Error> {
+    match err {
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => Some(e),
+        _ => None,
+    }
 }
 
 /// When a lease taken at `now` ends.
@@ -95,9 +150,20 @@ impl Db {
                             .busy_timeout(Duration::from_secs(10))
                             .foreign_keys(true)
                             .create_if_missing(true)
+                    })
+                    .map_sqlx_sqlite_pool_opts(|pool| {
+                        pool.after_release(|conn, _| {
+                            Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+                        })
                     });
                 options
             };
+            // A connection still in a transaction when it comes back to the pool is closed.
+            // A COMMIT that fails for a full disk makes SQLite roll back by itself; the
+            // driver's own ROLLBACK then fails and it keeps counting the transaction as open,
+            // so it would make each later transaction a savepoint inside one that is never
+            // committed, and every later write would be lost. (A transaction dropped without
+            // its end may be closed too, harmlessly: its rollback is queued behind.)
             let write = Database::connect(sqlite(1)).await?;
             let read = Database::connect(sqlite(max_connections)).await?;
             Ok(Self {
@@ -350,5 +416,35 @@ mod tests {
         }
         assert_eq!(db.migrate().await.unwrap(), all);
         db.check_migrated().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_database_and_a_closed_pool_say_which_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/platescore.db", dir.path().display());
+        let db = Db::connect(&url, 1).await.unwrap();
+        let run = |sql: &'static str| db.writer().execute_unprepared(sql);
+        run("CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)")
+            .await
+            .unwrap();
+        let taken = run("INSERT INTO t (id) VALUES (1)").await.unwrap();
+        assert_eq!(taken.rows_affected(), 1);
+        // A clash is the caller's doing, neither an outage nor a full disk.
+        let clash = StoreError::from(run("INSERT INTO t (id) VALUES (1)").await.unwrap_err());
+        assert!(!clash.is_full() && !clash.is_unavailable(), "{clash}");
+
+        // SQLite's own cap on the file's size fails writes as a full disk would.
+        run("PRAGMA max_page_count = 8").await.unwrap();
+        let full = StoreError::from(
+            run("INSERT INTO t (b) VALUES (zeroblob(1000000))")
+                .await
+                .unwrap_err(),
+        );
+        assert!(full.is_full() && !full.is_unavailable(), "{full}");
+
+        let closed = db.clone();
+        closed.close().await;
+        let gone = StoreError::from(db.reader().ping().await.unwrap_err());
+        assert!(gone.is_unavailable() && !gone.is_full(), "{gone}");
     }
 }

@@ -6,6 +6,7 @@ use entity::partner;
 use rand::RngCore;
 use sea_orm::{
     prelude::*, sea_query::Expr, ActiveValue::Set, Condition, DbBackend, QueryOrder, Statement,
+    TransactionTrait,
 };
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -41,7 +42,11 @@ pub async fn create(
     name: &str,
     admin: bool,
 ) -> Result<(partner::Model, NewApiKey), StoreError> {
-    insert(db.writer(), name, admin).await
+    // In a transaction, so that a failed commit is reported (see `jobs::insert`).
+    let txn = db.writer().begin().await?;
+    let created = insert(&txn, name, admin).await?;
+    txn.commit().await?;
+    Ok(created)
 }
 
 /// Creates an admin partner unless one or more partners exist already: once, however many

@@ -353,14 +353,14 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str
 }
 
 /// A throwaway database on the test PostgreSQL server.
-struct PostgresDatabase {
+pub struct PostgresDatabase {
     admin_url: String,
     name: String,
-    url: String,
+    pub url: String,
 }
 
 impl PostgresDatabase {
-    async fn create(admin_url: &str) -> Self {
+    pub async fn create(admin_url: &str) -> Self {
         use sea_orm::{ConnectionTrait, Database};
         let name = format!("platescore_test_{}", uuid::Uuid::new_v4().simple());
         let admin = Database::connect(admin_url)
@@ -381,7 +381,7 @@ impl PostgresDatabase {
     }
 
     /// Drops the database from a thread of its own: `Drop` cannot await.
-    fn drop_blocking(self) {
+    pub fn drop_blocking(self) {
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
