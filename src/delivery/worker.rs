@@ -426,6 +426,10 @@ impl CommitBatch for DeliveryWorker {
     type Error = StoreError;
     const ITEM: &'static str = "delivery attempt";
 
+    fn worth_retrying_singly(error: &StoreError) -> bool {
+        !error.is_unavailable()
+    }
+
     async fn commit(&self, batch: &[AttemptOutcome]) -> Result<Vec<bool>, StoreError> {
         deliveries::record_attempts(&self.db, batch, self.db.now().await).await
     }

@@ -75,10 +75,8 @@ impl ObjectStore for FolderStore {
     ) -> Result<(), ObjectStoreError> {
         let path = self.path(key)?;
         blocking(move || {
-            // Keys are content-addressed: an object already there holds these very bytes.
-            if path.is_file() {
-                return Ok(());
-            }
+            // Always written: a URL job fetched again after a crash may bring other bytes
+            // under its key; the rename replaces the object whole.
             write_atomically(&path, &bytes)
         })
         .await

@@ -42,9 +42,8 @@ impl ObjectStoreError {
 
 #[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
-    /// Stores `bytes` under `key`. Readers never see a partial object. A key always holds the
-    /// same bytes (one job's image), so a store may keep an object already there instead of
-    /// rewriting it.
+    /// Stores `bytes` under `key`, replacing what was there. Readers never see a partial
+    /// object.
     async fn put(
         &self,
         key: &str,

@@ -1,7 +1,9 @@
 //! Group commit: tasks hand their items to one committer task, which writes whatever has
 //! queued up while its last commit ran in one transaction, so under load one commit serves
 //! many items. A batch that fails is written again one item at a time, so one bad item
-//! cannot sink the others. Each task learns what became of its own item.
+//! cannot sink the others, unless the failure says that no write can succeed now (the
+//! database is down): then the whole batch is given up at once, and the items' leases
+//! bring them back. Each task learns what became of its own item.
 
 use std::{future::Future, sync::Arc};
 
@@ -23,6 +25,12 @@ pub trait CommitBatch: Send + Sync + 'static {
         &self,
         batch: &[Self::Item],
     ) -> impl Future<Output = Result<Vec<Self::Reply>, Self::Error>> + Send;
+
+    /// Whether a failed batch is worth writing again one item at a time: not when the error
+    /// says that no write can succeed now.
+    fn worth_retrying_singly(_error: &Self::Error) -> bool {
+        true
+    }
 
     /// Runs after each batch, with what each item got (None: it was not written).
     fn committed(&self, _replies: &[Option<Self::Reply>]) -> impl Future<Output = ()> + Send {
@@ -87,7 +95,7 @@ async fn commit_batches<C: CommitBatch>(
         let (items, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
         let results: Vec<Option<C::Reply>> = match committer.commit(&items).await {
             Ok(results) => results.into_iter().map(Some).collect(),
-            Err(err) if items.len() > 1 => {
+            Err(err) if items.len() > 1 && C::worth_retrying_singly(&err) => {
                 tracing::warn!(error = %err, items = items.len(), "writing {}s together failed; writing them one by one", C::ITEM);
                 let mut results = Vec::with_capacity(items.len());
                 for item in &items {
@@ -102,8 +110,8 @@ async fn commit_batches<C: CommitBatch>(
                 results
             }
             Err(err) => {
-                tracing::warn!(error = %err, "writing a {} failed", C::ITEM);
-                vec![None]
+                tracing::warn!(error = %err, items = items.len(), "writing {}s failed", C::ITEM);
+                items.iter().map(|_| None).collect()
             }
         };
         committer.committed(&results).await;

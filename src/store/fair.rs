@@ -1,7 +1,9 @@
 //! Fair queues. Every queued job and every pending delivery carries a `turn`, and claims take
 //! the lowest turn first. A partner's new item gets the turn after
 //! `max(now serving, the partner's last waiting turn)`, where "now serving" is the highest
-//! turn being worked on. A partner's backlog therefore spreads over consecutive turns ahead
+//! turn taken so far (being worked on, or finished: it never falls back when the queue goes
+//! idle, so a partner's old retry waiting for its time cannot put the partner's new work
+//! behind everyone's). A partner's backlog therefore spreads over consecutive turns ahead
 //! of the workers, and another partner's first item lands on the next turn: it waits about
 //! one claim, not behind the backlog. This is start-time fair queueing with equal weights
 //! (round-robin between the partners with work waiting), with no per-partner table, and it
@@ -18,7 +20,8 @@ use uuid::Uuid;
 
 use super::{leased::LeasedTable, StoreError};
 
-/// The turn for a partner's next item: two lookups at the end of two indexes.
+/// The turn for a partner's next item: lookups at the ends of index ranges, one per status
+/// taken (working, finished) and one for the partner's waiting items.
 pub(crate) async fn next_turn<C: ConnectionTrait>(
     conn: &C,
     queue: &LeasedTable,
@@ -28,6 +31,7 @@ pub(crate) async fn next_turn<C: ConnectionTrait>(
         name: table,
         waiting,
         working,
+        finished: [done, failed],
         ..
     } = queue;
     let backend = conn.get_database_backend();
@@ -38,6 +42,8 @@ pub(crate) async fn next_turn<C: ConnectionTrait>(
     let sql = format!(
         "SELECT {greatest}(
              COALESCE((SELECT MAX(turn) FROM {table} WHERE status = '{working}'), 0),
+             COALESCE((SELECT MAX(turn) FROM {table} WHERE status = '{done}'), 0),
+             COALESCE((SELECT MAX(turn) FROM {table} WHERE status = '{failed}'), 0),
              COALESCE((SELECT MAX(turn) FROM {table}
                        WHERE partner_id = $1 AND status = '{waiting}'), 0)) + 1 AS turn"
     );

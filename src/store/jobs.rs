@@ -116,8 +116,9 @@ pub async fn insert_within(
         }
         Err(err) => {
             // Ended first: on SQLite the transaction holds the one writer connection that
-            // the lookup of the earlier request reads from.
-            txn.rollback().await?;
+            // the lookup of the earlier request reads from. The insert's error is the one to
+            // report (SQLite may have rolled back already, and then the rollback fails too).
+            let _ = txn.rollback().await;
             Ok((lost_race(db, &new, err).await?, unfinished))
         }
     }

@@ -25,6 +25,8 @@ pub(crate) struct LeasedTable {
     pub(crate) waiting: &'static str,
     /// The status of claimed rows.
     pub(crate) working: &'static str,
+    /// The statuses of rows done with (succeeded or failed for good).
+    pub(crate) finished: [&'static str; 2],
     /// The column that says when a waiting row is due.
     due: &'static str,
     /// What a claim sets besides the status, the lease and `updated_at` (`$1` is now).
@@ -35,6 +37,7 @@ pub(crate) const JOBS: LeasedTable = LeasedTable {
     name: "jobs",
     waiting: "queued",
     working: "in_progress",
+    finished: ["succeeded", "failed"],
     due: "run_at",
     claim_sets: "attempts = attempts + 1, started_at = COALESCE(started_at, $1),",
 };
@@ -43,6 +46,7 @@ pub(crate) const DELIVERIES: LeasedTable = LeasedTable {
     name: "deliveries",
     waiting: "pending",
     working: "sending",
+    finished: ["delivered", "failed"],
     due: "next_attempt_at",
     claim_sets: "",
 };
@@ -71,6 +75,7 @@ pub(crate) async fn claim<M: FromQueryResult>(
         working,
         due,
         claim_sets,
+        ..
     } = table;
     let mut values: Vec<Value> = vec![
         now.into(),

@@ -227,7 +227,12 @@ impl Db {
                 }
                 Err(err) => {
                     tracing::debug!(error = %err, "reading the database clock failed");
-                    known.map(|(offset, _)| offset).unwrap_or_default()
+                    // Kept as if read now, so callers do not each wait on a database
+                    // that is down; it is read again after CLOCK_REFRESH.
+                    let offset = known.map(|(offset, _)| offset).unwrap_or_default();
+                    *self.clock.offset.lock().expect("never poisoned") =
+                        Some((offset, Instant::now()));
+                    offset
                 }
             },
         };

@@ -372,6 +372,10 @@ impl CommitBatch for JobWorker {
     type Error = StoreError;
     const ITEM: &'static str = "job outcome";
 
+    fn worth_retrying_singly(error: &StoreError) -> bool {
+        !error.is_unavailable()
+    }
+
     async fn commit(&self, batch: &[(Lease, Outcome)]) -> Result<Vec<Option<usize>>, StoreError> {
         let now = self.db.now().await;
         queue::finish_many(&self.db, batch.to_vec(), now, &self.render).await

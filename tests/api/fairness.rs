@@ -141,3 +141,66 @@ async fn a_slow_receiver_holds_at_most_its_cap_while_others_are_delivered() {
     );
     slow.release();
 }
+
+/// The turn a job got, as the store has it.
+async fn turn_of(app: &TestApp, id: &str) -> i64 {
+    use sea_orm::EntityTrait;
+    entity::job::Entity::find_by_id(id.parse::<uuid::Uuid>().unwrap())
+        .one(app.db.reader())
+        .await
+        .unwrap()
+        .unwrap()
+        .turn
+}
+
+async fn set_job(
+    app: &TestApp,
+    id: &str,
+    status: entity::job::JobStatus,
+    turn: i64,
+    due_in_hours: i64,
+) {
+    use sea_orm::{sea_query::Expr, ColumnTrait, EntityTrait, QueryFilter};
+    entity::job::Entity::update_many()
+        .col_expr(entity::job::Column::Status, Expr::value(status))
+        .col_expr(entity::job::Column::Turn, Expr::value(turn))
+        .col_expr(
+            entity::job::Column::RunAt,
+            Expr::value(chrono::Utc::now() + chrono::Duration::hours(due_in_hours)),
+        )
+        .filter(entity::job::Column::Id.eq(id.parse::<uuid::Uuid>().unwrap()))
+        .exec(app.db.writer())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_queue_does_not_put_a_partner_with_an_old_retry_behind_everyone() {
+    let app = TestApp::spawn().await;
+    let partner_b = app.new_partner("partner B").await;
+    let image = fixture("apple.jpg");
+    // History: turns were taken up to 1000, and the queue is idle now. Partner A still has
+    // a retry waiting for its time, from turn 900.
+    let served = job_id(app.upload(&app.key, distinct(&image, 1), "a.jpg").await).await;
+    set_job(&app, &served, entity::job::JobStatus::Succeeded, 1000, 0).await;
+    let retry = job_id(app.upload(&app.key, distinct(&image, 2), "a.jpg").await).await;
+    set_job(&app, &retry, entity::job::JobStatus::Queued, 900, 1).await;
+
+    // Partner B sends three jobs, then partner A one.
+    let mut b_turns = Vec::new();
+    for n in 0..3 {
+        let id = job_id(
+            app.upload(&partner_b, distinct(&image, 10 + n), "b.jpg")
+                .await,
+        )
+        .await;
+        b_turns.push(turn_of(&app, &id).await);
+    }
+    let a_new = job_id(app.upload(&app.key, distinct(&image, 3), "a.jpg").await).await;
+    let a_turn = turn_of(&app, &a_new).await;
+    assert_eq!(b_turns, vec![1001, 1002, 1003]);
+    assert_eq!(
+        a_turn, 1001,
+        "partner A's new job goes with B's first, not after B's all"
+    );
+}
