@@ -519,21 +519,11 @@ async fn postgres_restarted_mid_load() {
     }
     // Every accepted job was scored and delivered: the worker node reconnected too.
     let accepted: HashSet<String> = answers.accepted.iter().cloned().collect();
-    let delivered = eventually(
+    let delivered = all_delivered(
+        &receiver,
+        &accepted,
         "every accepted job delivered",
         Duration::from_secs(120),
-        || async {
-            let delivered: HashMap<String, Value> = receiver
-                .received()
-                .iter()
-                .map(|r| r.json())
-                .map(|body| (body["job_id"].as_str().unwrap().to_string(), body))
-                .collect();
-            accepted
-                .iter()
-                .all(|id| delivered.contains_key(id))
-                .then_some(delivered)
-        },
     )
     .await;
     for id in &accepted {
@@ -653,21 +643,11 @@ async fn object_store_down_for_30_s() {
     job_ids.push(accepted_job_id(response).await);
 
     // Every job completes, delivered: those tried during the outage on a later attempt.
-    let received = eventually(
+    let received = all_delivered(
+        &receiver,
+        &job_ids,
         "every job delivered after the outage",
         Duration::from_secs(90),
-        || async {
-            let received: HashMap<String, Value> = receiver
-                .received()
-                .iter()
-                .map(|r| r.json())
-                .map(|body| (body["job_id"].as_str().unwrap().to_string(), body))
-                .collect();
-            job_ids
-                .iter()
-                .all(|id| received.contains_key(id))
-                .then_some(received)
-        },
     )
     .await;
     let jobs: HashMap<String, job::Model> = jobs_in(&api.db)
@@ -1250,4 +1230,26 @@ async fn receivers_failing_half_the_time() {
         "receivers_failing_half_the_time: {JOBS} webhooks delivered in {attempts} attempts, {failing} of them failed"
     );
     node.stop().await;
+}
+
+/// Waits until the receiver has a webhook for each of `ids`; returns the bodies by job id.
+async fn all_delivered<'a>(
+    receiver: &Receiver,
+    ids: impl IntoIterator<Item = &'a String> + Clone,
+    what: &str,
+    within: Duration,
+) -> HashMap<String, Value> {
+    eventually(what, within, || async {
+        let received: HashMap<String, Value> = receiver
+            .received()
+            .iter()
+            .map(|r| r.json())
+            .map(|body| (body["job_id"].as_str().unwrap().to_string(), body))
+            .collect();
+        ids.clone()
+            .into_iter()
+            .all(|id| received.contains_key(id))
+            .then_some(received)
+    })
+    .await
 }
