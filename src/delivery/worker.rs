@@ -75,6 +75,11 @@ impl ReceiverSlots {
             .collect()
     }
 
+    fn any_saturated(&self) -> bool {
+        let busy = self.busy.lock().expect("never poisoned");
+        busy.values().any(|&n| n >= self.cap)
+    }
+
     fn try_take(self: &Arc<Self>, url: &str) -> Option<ReceiverSlot> {
         let mut busy = self.busy.lock().expect("never poisoned");
         let n = busy.entry(url.to_string()).or_default();
@@ -530,6 +535,12 @@ impl LeasedWork for Running {
             wakeups, settings, ..
         } = self.worker.as_ref();
         wakeups.wait(Work::Deliveries, settings.poll_interval).await;
+    }
+
+    /// A receiver at its cap may have due deliveries the claim skipped: the next one to
+    /// finish frees a slot for them.
+    fn holds_back(&self) -> bool {
+        self.worker.receivers.any_saturated()
     }
 }
 

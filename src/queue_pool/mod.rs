@@ -1,7 +1,8 @@
 //! The worker pool loop over a leased queue, shared by the job and the delivery workers: wait
 //! for a free slot, rescue expired leases now and then, claim up to as many items as there
 //! are free slots, work on each in a task of its own, and when nothing was due wait for a
-//! wake-up or the poll interval. On shutdown it stops claiming and drains the items in
+//! wake-up, the poll interval or, where its own limits held items back, an item in flight
+//! to finish. On shutdown it stops claiming and drains the items in
 //! flight. What an item is and how it is claimed and worked on is the [`LeasedWork`]'s.
 
 mod group_commit;
@@ -35,6 +36,13 @@ pub trait LeasedWork: Send + Sync + 'static {
 
     /// Waits until work may be due: a wake-up, or the poll interval.
     fn idle(&self) -> impl Future<Output = ()> + Send;
+
+    /// Whether a claim may have left due items behind for a limit of this pool's own (the
+    /// delivery worker's per-receiver cap). Then an item in flight finishing ends the wait
+    /// too: it may have freed what held them back.
+    fn holds_back(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -84,9 +92,11 @@ pub async fn run<W: LeasedWork>(work: Arc<W>, settings: PoolSettings, shutdown: 
         }
         drop(permit);
         if idle {
+            let until_one_finishes = work.holds_back() && !in_flight.is_empty();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = work.idle() => {}
+                _ = in_flight.join_next(), if until_one_finishes => {}
             }
         }
     }

@@ -142,6 +142,31 @@ async fn a_slow_receiver_holds_at_most_its_cap_while_others_are_delivered() {
     slow.release();
 }
 
+/// Deliveries held back by a receiver's cap go out as its requests finish, not once per
+/// poll interval (set here to a minute, longer than the test may take).
+#[tokio::test]
+async fn a_backlog_for_one_receiver_drains_as_its_slots_free() {
+    let receiver = Receiver::start().await;
+    receiver.script(std::iter::repeat_n(Reply::Slow(200), 12));
+    let app = TestApp::spawn_with(TestOptions::with_workers(|config| {
+        config.webhook_receiver_concurrency = 2;
+        config.poll_interval_ms = 60_000;
+    }))
+    .await;
+    let image = fixture("apple.jpg");
+    for n in 0..12 {
+        job_id(
+            app.upload_with_webhook(&app.key, distinct(&image, 200 + n), &receiver.url("/hook"))
+                .await,
+        )
+        .await;
+    }
+    // Without the wake-up each round of 2 waited for the poll: 6 minutes in all.
+    let delivered = receiver.wait_for(12).await;
+    assert_eq!(delivered.len(), 12);
+    assert_eq!(receiver.max_concurrent(), 2);
+}
+
 /// The turn a job got, as the store has it.
 async fn turn_of(app: &TestApp, id: &str) -> i64 {
     use sea_orm::EntityTrait;
