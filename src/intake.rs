@@ -18,6 +18,7 @@ use crate::{
     inference::DietTag,
     objects::{self, ObjectStore, ObjectStoreError},
     outbound::{OutboundError, OutboundPolicy},
+    queue_pool::{CommitBatch, GroupCommit, Unrecorded},
     store::{
         jobs::{self, Earlier, InsertOutcome, NewJob, NewJobImage},
         wakeups::{Wakeups, Work},
@@ -58,6 +59,9 @@ pub enum IntakeError {
     QueueFull { max: u32 },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The group commit took no answer for the job (the node is stopping).
+    #[error("recording the job: {0}")]
+    NotRecorded(#[from] Unrecorded),
     #[error(transparent)]
     Objects(#[from] ObjectStoreError),
 }
@@ -106,6 +110,43 @@ pub struct Intake {
     outbound: OutboundPolicy,
     wakeups: Arc<Wakeups>,
     limits: IntakeLimits,
+    inserts: GroupCommit<NewJob, Result<InsertOutcome, StoreError>>,
+}
+
+/// Most jobs written in one transaction.
+const INSERT_BATCH: usize = 64;
+
+/// Enqueue's inserts without a queue cap, written together: what queued up while the last
+/// transaction ran goes into the next one (one round of statements for all of them, where
+/// each insert took four). A batch that fails is written again one job at a time.
+struct JobInserts {
+    db: Db,
+}
+
+impl CommitBatch for JobInserts {
+    type Item = NewJob;
+    type Reply = Result<InsertOutcome, StoreError>;
+    type Error = std::convert::Infallible;
+    const ITEM: &'static str = "new job";
+
+    async fn commit(&self, batch: &[NewJob]) -> Result<Vec<Self::Reply>, Self::Error> {
+        if batch.len() > 1 {
+            match jobs::insert_all(&self.db, batch).await {
+                Ok(created) => {
+                    let created = created.into_iter().map(Box::new);
+                    return Ok(created.map(|job| Ok(InsertOutcome::Created(job))).collect());
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, jobs = batch.len(), "inserting jobs together failed; one by one");
+                }
+            }
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        for new in batch {
+            replies.push(jobs::insert(&self.db, new.clone()).await);
+        }
+        Ok(replies)
+    }
 }
 
 /// What enqueue did: created a job, or found the one this idempotency key made before.
@@ -126,12 +167,16 @@ impl Intake {
         wakeups: Arc<Wakeups>,
         limits: IntakeLimits,
     ) -> Self {
+        // Needs a tokio runtime: the group commit's task starts here.
+        let committer = Arc::new(JobInserts { db: db.clone() });
+        let (inserts, _) = GroupCommit::start(committer, INSERT_BATCH, 4 * INSERT_BATCH);
         Self {
             db,
             objects,
             outbound,
             wakeups,
             limits,
+            inserts,
         }
     }
 
@@ -231,7 +276,15 @@ impl Intake {
         };
 
         let inserted = match max_unfinished {
-            None => jobs::insert(&self.db, new_job).await.map(|o| (o, None)),
+            None => match self.inserts.submit(new_job).await {
+                Ok(inserted) => inserted.map(|o| (o, None)),
+                Err(unrecorded) => {
+                    if let Some(key) = stored_key {
+                        remove_if_orphaned(&self.db, self.objects.as_ref(), &key).await;
+                    }
+                    return Err(unrecorded.into());
+                }
+            },
             Some(max) => jobs::insert_within(&self.db, new_job, u64::from(max))
                 .await
                 .map(|(outcome, before)| (outcome, Some(before + 1))),

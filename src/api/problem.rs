@@ -399,6 +399,7 @@ impl From<IntakeError> for ApiProblem {
             IntakeError::ImageUrl(e) => return outbound_problem("image_url", e),
             IntakeError::WebhookUrl(e) => return outbound_problem("webhook_url", e),
             IntakeError::Store(e) => return e.into(),
+            IntakeError::NotRecorded(_) => ProblemCode::DatabaseUnavailable,
             IntakeError::Objects(e) => return e.into(),
             IntakeError::NoImage => ProblemCode::ImageMissing,
             IntakeError::Metadata(_) => ProblemCode::MetadataInvalid,

@@ -88,6 +88,41 @@ pub async fn insert(db: &Db, new: NewJob) -> Result<InsertOutcome, StoreError> {
     }
 }
 
+/// Inserts many jobs in one transaction, one statement: enqueue's group commit. Fails as a
+/// whole when any row fails (a lost race on an idempotency key or client reference
+/// included); the caller then inserts them one by one with [`insert`], which tells races
+/// apart. Each partner's turns are read once and counted up, as consecutive inserts get them.
+pub async fn insert_all(db: &Db, jobs: &[NewJob]) -> Result<Vec<job::Model>, StoreError> {
+    let now = db.now().await;
+    let txn = db.begin_write().await?;
+    let inserted = async {
+        let mut turns = fair::Turns::new(&JOBS);
+        let mut rows = Vec::with_capacity(jobs.len());
+        for new in jobs {
+            rows.push(new_row(new, now, turns.take(&txn, new.partner_id).await?));
+        }
+        let mut created = job::Entity::insert_many(rows)
+            .exec_with_returning(&txn)
+            .await?;
+        // RETURNING's row order is not promised: give them back in the order asked.
+        let order: std::collections::HashMap<Uuid, usize> =
+            jobs.iter().enumerate().map(|(i, j)| (j.id, i)).collect();
+        created.sort_by_key(|job| order.get(&job.id).copied());
+        Ok::<_, StoreError>(created)
+    }
+    .await;
+    match inserted {
+        Ok(created) => {
+            txn.commit().await?;
+            Ok(created)
+        }
+        Err(err) => {
+            let _ = txn.rollback().await;
+            Err(err)
+        }
+    }
+}
+
 /// Inserts the job as [`insert`] does, unless the partner has `max_unfinished` jobs queued
 /// or in progress already. The count and the insert are one transaction that holds the
 /// partner's row, so concurrent requests take turns and never pass the cap together.

@@ -287,6 +287,54 @@ async fn concurrent_retries_with_one_idempotency_key_make_one_job() {
     assert_eq!(app.stored_objects().len(), 1);
 }
 
+/// Concurrent enqueues are inserted together (a group commit); a burst that mixes distinct
+/// uploads with retries of one key still makes one job per upload and one for the key, each
+/// on its own turn.
+#[tokio::test]
+async fn a_burst_of_uploads_and_retries_makes_one_job_each_on_its_own_turn() {
+    use sea_orm::EntityTrait;
+    let app = TestApp::spawn().await;
+    let image = fixture("apple.jpg");
+    let requests = (0..24).map(|n| {
+        let mut bytes = image.clone();
+        let mut request = app.client.post(app.url("/enqueue")).bearer_auth(&app.key);
+        if n % 3 == 0 {
+            request = request.header("Idempotency-Key", "burst");
+        } else {
+            bytes.extend_from_slice(format!("distinct {n}").as_bytes());
+        }
+        request
+            .multipart(Form::new().part("image", Part::bytes(bytes).file_name("a.jpg")))
+            .send()
+    });
+    let responses = futures_util::future::join_all(requests).await;
+    let mut keyed = std::collections::HashSet::new();
+    let mut ids = std::collections::HashSet::new();
+    for (n, response) in responses.into_iter().enumerate() {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 202);
+        let job: Value = response.json().await.unwrap();
+        let id = job["job_id"].as_str().unwrap().to_string();
+        if n % 3 == 0 {
+            keyed.insert(id.clone());
+        }
+        ids.insert(id);
+    }
+    assert_eq!(keyed.len(), 1);
+    assert_eq!(ids.len(), 17);
+    // The app's one partner.
+    let mut turns: Vec<i64> = entity::job::Entity::find()
+        .all(app.db.reader())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|job| job.turn)
+        .collect();
+    turns.sort();
+    assert_eq!(turns, (1..=17).collect::<Vec<i64>>());
+    assert_eq!(app.stored_objects().len(), 17);
+}
+
 #[tokio::test]
 async fn the_upload_operation_takes_multipart_only() {
     let app = TestApp::spawn().await;

@@ -3,7 +3,8 @@
 # concurrency 32, against a release build on loopback, with wrk (apt-get install wrk).
 #   tests/bench/enqueue.sh sqlite              # embedded defaults: SQLite + local folder
 #   .ci/with-postgres tests/bench/enqueue.sh postgres
-# Env: BENCH_DURATION (default 20s), BENCH_CONNECTIONS (32), BENCH_THREADS (1).
+# Env: BENCH_DURATION (default 20s), BENCH_CONNECTIONS (32), BENCH_THREADS (1), BENCH_ROLE
+# (`api`, the default: enqueue alone, no worker scoring the jobs on the same cores; or `all`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 backend=${1:-sqlite}
@@ -18,6 +19,7 @@ trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export PLATESCORE_DATA_DIR="$work/data" PLATESCORE_LISTEN="127.0.0.1:$port" RUST_LOG=warn
+export PLATESCORE_ROLE=${BENCH_ROLE:-api}
 unset PLATESCORE_OBJECT_STORE
 case "$backend" in
   sqlite) unset DATABASE_URL ;;
@@ -38,6 +40,6 @@ threads=${BENCH_THREADS:-1}
 # Warm up, then measure.
 wrk -t"$threads" -c"$conns" -d3s -s tests/bench/enqueue.lua "http://127.0.0.1:$port" >/dev/null
 echo "backend=$backend connections=$conns image=$(stat -c %s "$BENCH_IMAGE") bytes"
-wrk -t"$threads" -c"$conns" -d"${BENCH_DURATION:-20s}" -s tests/bench/enqueue.lua "http://127.0.0.1:$port" | sed -n '/requests\/s:/,$p'
+wrk -t"$threads" -c"$conns" -d"${BENCH_DURATION:-20s}" -s tests/bench/enqueue.lua "http://127.0.0.1:$port" | sed -n "${BENCH_WRK_FROM:-/requests\/s:/},\$p"
 echo "server peak RSS: $(grep VmHWM /proc/$server_pid/status | awk '{print $2, $3}')"
 echo "jobs stored: $(curl -fsS -H "Authorization: Bearer $key" "http://127.0.0.1:$port/jobs?limit=1" >/dev/null && find "$work/data/objects/images" -type f | wc -l) objects"
