@@ -100,6 +100,9 @@ pub struct Config {
     pub model_dir: PathBuf,
     /// `auto` (ONNX Runtime when its library loads, else tract), `ort` or `tract`.
     pub runtime: RuntimeChoice,
+    /// Which of the model folder's files runs: `auto` (INT8 on ONNX Runtime's CPU provider
+    /// where the manifest makes it the CPU default, FP32 elsewhere), `fp32` or `int8`.
+    pub model_precision: ModelPrecision,
     /// Path of `libonnxruntime.so…`; when unset, `ORT_DYLIB_PATH`, then the library the
     /// build bundled (beside the executable, or where the build cached it).
     pub ort_library: Option<PathBuf>,
@@ -204,6 +207,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             model_dir: PathBuf::from("models/food-scorer"),
             runtime: RuntimeChoice::Auto,
+            model_precision: ModelPrecision::Auto,
             ort_library: None,
             execution_provider: ExecutionProvider::Cpu,
             execution_provider_fallback: false,
@@ -244,6 +248,17 @@ pub enum RuntimeChoice {
     Auto,
     Ort,
     Tract,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelPrecision {
+    /// INT8 where ONNX Runtime runs on the CPU and the manifest makes its INT8 file the CPU
+    /// default (`default_on_cpu`); FP32 elsewhere (tract, and GPUs, where TensorRT builds
+    /// FP16 engines from the FP32 file).
+    Auto,
+    Fp32,
+    Int8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,8 +11,8 @@ use std::{
 use platescore::inference::{
     preprocess::{self, DecodeLimits},
     runtime::{RuntimeSettings, TractRuntime},
-    DietTag, ExecutionProvider, FoodModel, ImageError, InferenceError, Runtime, RuntimeChoice,
-    Scorer, ScorerSettings,
+    DietTag, ExecutionProvider, FoodModel, ImageError, InferenceError, ModelPrecision, Precision,
+    Runtime, RuntimeChoice, Scorer, ScorerSettings,
 };
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -31,7 +31,7 @@ fn model_dir() -> PathBuf {
 fn model() -> Arc<FoodModel> {
     static MODEL: OnceLock<Arc<FoodModel>> = OnceLock::new();
     MODEL
-        .get_or_init(|| Arc::new(FoodModel::load(&model_dir()).unwrap()))
+        .get_or_init(|| Arc::new(FoodModel::load(&model_dir(), Precision::Fp32).unwrap()))
         .clone()
 }
 
@@ -45,6 +45,7 @@ fn tract() -> Arc<dyn Runtime> {
 fn settings() -> ScorerSettings {
     ScorerSettings {
         model_dir: model_dir(),
+        precision: ModelPrecision::Fp32,
         runtime: RuntimeSettings {
             choice: RuntimeChoice::Tract,
             ort_library: None,
@@ -593,7 +594,7 @@ fn a_model_file_that_does_not_match_its_manifest_is_refused() {
     let manifest = std::fs::read_to_string(dir.path().join("manifest.json")).unwrap();
     let tampered = manifest.replacen("\"sha256\": \"", "\"sha256\": \"00", 1);
     std::fs::write(dir.path().join("manifest.json"), tampered).unwrap();
-    let err = FoodModel::load(dir.path()).unwrap_err();
+    let err = FoodModel::load(dir.path(), Precision::Fp32).unwrap_err();
     assert!(err.to_string().contains("SHA-256"), "{err}");
 }
 
@@ -674,9 +675,9 @@ async fn under_concurrency_each_caller_gets_its_own_result_and_batches_stay_in_b
     );
 }
 
-/// ONNX Runtime, from the library the build bundled (CI always has it) or ORT_DYLIB_PATH.
-#[tokio::test]
-async fn onnx_runtime_agrees_with_tract() {
+/// Whether ONNX Runtime can be tested here: the library the build bundled (CI always has
+/// it) or `ORT_DYLIB_PATH`.
+fn onnx_runtime_available() -> bool {
     if let Err(why) = platescore::inference::runtime::bundled_library() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -684,16 +685,166 @@ async fn onnx_runtime_agrees_with_tract() {
         );
         if std::env::var_os("ORT_DYLIB_PATH").is_none() {
             eprintln!("ONNX Runtime is not bundled ({why}) nor in ORT_DYLIB_PATH: not tested");
-            return;
+            return false;
         }
     }
-    let ort_settings = ScorerSettings {
+    true
+}
+
+/// ONNX Runtime on the CPU, running the model file of `precision`.
+fn on_ort(precision: ModelPrecision) -> ScorerSettings {
+    ScorerSettings {
+        precision,
         runtime: RuntimeSettings {
             choice: RuntimeChoice::Ort,
             ..settings().runtime
         },
         ..settings()
+    }
+}
+
+/// The photos of `tests/fixtures/agreement` (a copy of `../shared/images`), by path.
+fn agreement_photos() -> Vec<(String, Vec<u8>)> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/agreement");
+    let mut found = Vec::new();
+    let mut folders = vec![root.clone()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if ["food", "nonfood", "awkward"]
+                .iter()
+                .any(|top| path.strip_prefix(&root).unwrap().starts_with(top))
+            {
+                let name = path.strip_prefix(&root).unwrap().display().to_string();
+                found.push((name, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The INT8 file makes the same food decisions as FP32 with nearly the same scores, and it
+/// is the CPU default (`default_on_cpu` in the manifest) exactly when it also agrees on the
+/// top-1 class (issue 14): over the sample photos, the same top-1 on at least 97%, the same
+/// food/not-food decision on at least 98%, scores within 0.1 on average.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_int8_file_is_the_cpu_default_exactly_when_it_agrees_with_fp32() {
+    if !onnx_runtime_available() {
+        return;
+    }
+    let fp32 = Scorer::load(&on_ort(ModelPrecision::Fp32), None).unwrap();
+    let int8 = Scorer::load(&on_ort(ModelPrecision::Int8), None).unwrap();
+    assert_eq!(int8.model().precision, Precision::Int8);
+    assert_ne!(int8.model().version, fp32.model().version);
+    let photos = agreement_photos();
+    assert!(photos.len() >= 70, "only {} photos", photos.len());
+    let (mut scored, mut same_top1, mut same_decision) = (0, 0, 0);
+    let mut score_differences = Vec::new();
+    for (name, bytes) in &photos {
+        let a = fp32.score(bytes.clone().into(), &[], "en").await;
+        let b = int8.score(bytes.clone().into(), &[], "en").await;
+        let (a, b) = match (a, b) {
+            (Ok(a), Ok(b)) => (a.result, b.result),
+            (Err(a), Err(b)) => {
+                assert_eq!(a.code(), b.code(), "{name}");
+                continue;
+            }
+            (a, b) => panic!("{name}: fp32 {:?}, int8 {:?}", a.err(), b.err()),
+        };
+        scored += 1;
+        if a.labels[0].index == b.labels[0].index {
+            same_top1 += 1;
+        } else {
+            eprintln!(
+                "{name}: top-1 {} {:.3} (fp32) vs {} {:.3} (int8)",
+                a.labels[0].label, a.labels[0].probability, b.labels[0].label, b.labels[0].probability
+            );
+        }
+        if a.is_food == b.is_food {
+            same_decision += 1;
+        } else {
+            eprintln!("{name}: is_food {} (fp32) vs {} (int8)", a.is_food, b.is_food);
+        }
+        if let (Some(x), Some(y)) = (a.score, b.score) {
+            score_differences.push((x - y).abs());
+        }
+    }
+    let share = |n: usize| n as f64 / scored as f64;
+    assert!(!score_differences.is_empty());
+    let mean_difference = score_differences.iter().sum::<f64>() / score_differences.len() as f64;
+    eprintln!(
+        "{scored} photos: top-1 agrees on {:.1}%, food decision on {:.1}%, mean |score difference| {mean_difference:.3} over {}",
+        share(same_top1) * 100.0,
+        share(same_decision) * 100.0,
+        score_differences.len()
+    );
+    assert!(share(same_decision) >= 0.98, "food decision agreement {same_decision}/{scored}");
+    assert!(mean_difference <= 0.1, "mean score difference {mean_difference}");
+    let agrees = share(same_top1) >= 0.97;
+    assert_eq!(
+        FoodModel::int8_is_cpu_default(&model_dir()).unwrap(),
+        agrees,
+        "`default_on_cpu` must be set exactly when the top-1 class agrees on 97% ({same_top1}/{scored})"
+    );
+}
+
+/// `auto` runs the INT8 file on ONNX Runtime's CPU provider only where the manifest makes
+/// it the CPU default, and never on tract.
+#[test]
+fn auto_precision_follows_the_manifest_on_onnx_runtime_and_is_fp32_on_tract() {
+    let auto = |dir: &std::path::Path, choice| ScorerSettings {
+        model_dir: dir.to_path_buf(),
+        precision: ModelPrecision::Auto,
+        runtime: RuntimeSettings {
+            choice,
+            ..settings().runtime
+        },
+        ..settings()
     };
+    let load = |dir: &std::path::Path, choice| {
+        platescore::inference::load_model(&auto(dir, choice)).unwrap()
+    };
+    // The same folder with its INT8 file made the CPU default.
+    let int8_default = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(model_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, int8_default.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let manifest = int8_default.path().join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let marked = text.replace("\"default_on_cpu\": false", "\"default_on_cpu\": true");
+    assert_ne!(marked, text);
+    std::fs::write(&manifest, marked).unwrap();
+
+    for dir in [model_dir(), int8_default.path().to_path_buf()] {
+        assert_eq!(load(&dir, RuntimeChoice::Tract).precision, Precision::Fp32);
+    }
+    if onnx_runtime_available() {
+        let shipped = load(&model_dir(), RuntimeChoice::Ort);
+        let expected = if FoodModel::int8_is_cpu_default(&model_dir()).unwrap() {
+            Precision::Int8
+        } else {
+            Precision::Fp32
+        };
+        assert_eq!(shipped.precision, expected);
+        let marked = load(int8_default.path(), RuntimeChoice::Ort);
+        assert_eq!(marked.precision, Precision::Int8);
+        assert!(marked.version.contains("int8"), "{}", marked.version);
+    }
+}
+
+/// ONNX Runtime, from the library the build bundled (CI always has it) or ORT_DYLIB_PATH.
+#[tokio::test]
+async fn onnx_runtime_agrees_with_tract() {
+    if !onnx_runtime_available() {
+        return;
+    }
+    let ort_settings = on_ort(ModelPrecision::Fp32);
     let ort = Scorer::load(&ort_settings, None).unwrap();
     assert_eq!(ort.runtime_name(), "ort-cpu");
     assert_eq!(ort.batcher_settings().max_batch, 8);

@@ -10,8 +10,9 @@ use std::{
 use crate::{
     config::Config,
     inference::{
+        self,
         preprocess::{self, DecodeLimits},
-        runtime, FoodModel, Scorer,
+        runtime, Scorer,
     },
     startup,
 };
@@ -30,11 +31,12 @@ pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// of one batch.
 pub fn runtime_throughput(config: &Config, batches: &[usize], seconds: f64) -> anyhow::Result<()> {
     let settings = startup::settings::scorer(config);
-    let model = FoodModel::load(&settings.model_dir)?;
+    let model = inference::load_model(&settings)?;
     let runtime = runtime::load(model.file(), &settings.runtime, settings.max_batch)?;
     println!(
-        "runtime {} threads {}",
+        "runtime {} model {} threads {}",
         runtime.name(),
+        model.precision.as_str(),
         settings.runtime.threads
     );
     let image = vec![0.1f32; model.input.tensor_len()];
@@ -66,7 +68,7 @@ pub fn runtime_throughput(config: &Config, batches: &[usize], seconds: f64) -> a
 
 /// Milliseconds to decode and to resize+normalise one file, median of `iterations`.
 pub fn preprocess_time(config: &Config, file: &Path, iterations: usize) -> anyhow::Result<()> {
-    let model = FoodModel::load(&startup::settings::scorer(config).model_dir)?;
+    let model = inference::load_model(&startup::settings::scorer(config))?;
     let bytes = std::fs::read(file)?;
     let limits = DecodeLimits::default();
     let (mut decode, mut resize) = (Vec::new(), Vec::new());
@@ -98,7 +100,7 @@ pub fn preprocess_time(config: &Config, file: &Path, iterations: usize) -> anyho
 /// batch size, on ready tensors (preprocessing excluded).
 pub async fn batcher_overhead(config: &Config, seconds: f64) -> anyhow::Result<()> {
     let settings = startup::settings::scorer(config);
-    let model = Arc::new(FoodModel::load(&settings.model_dir)?);
+    let model = Arc::new(inference::load_model(&settings)?);
     let runtime = runtime::load(model.file(), &settings.runtime, settings.max_batch)?;
     let scorer = Scorer::with_runtime(model.clone(), runtime.clone(), &settings, None);
     let batching = scorer.batcher_settings();

@@ -21,9 +21,9 @@ use serde::Serialize;
 use crate::budget::MemoryBudget;
 
 pub use batcher::{BatchObserver, Batcher, BatcherSettings};
-pub use model::FoodModel;
+pub use model::{FoodModel, Precision};
 pub use preprocess::{DecodeLimits, ImageError};
-pub use runtime::{ExecutionProvider, Runtime, RuntimeChoice, RuntimeSettings};
+pub use runtime::{ExecutionProvider, ModelPrecision, Runtime, RuntimeChoice, RuntimeSettings};
 pub use scoring::ScoreResult;
 pub use tips::DietTag;
 
@@ -52,6 +52,7 @@ impl InferenceError {
 #[derive(Debug, Clone)]
 pub struct ScorerSettings {
     pub model_dir: PathBuf,
+    pub precision: ModelPrecision,
     pub runtime: RuntimeSettings,
     /// Overrides of the runtime's batching defaults.
     pub max_batch: Option<usize>,
@@ -63,6 +64,22 @@ pub struct ScorerSettings {
     /// estimates it. An image waits until its share is free; one over the whole budget is
     /// refused (`image_too_large`).
     pub decode_budget_bytes: u64,
+}
+
+/// Loads the model folder's file that these settings run (see [`ModelPrecision`]).
+pub fn load_model(settings: &ScorerSettings) -> Result<FoodModel, InferenceError> {
+    let precision = match settings.precision {
+        ModelPrecision::Fp32 => Precision::Fp32,
+        ModelPrecision::Int8 => Precision::Int8,
+        ModelPrecision::Auto
+            if runtime::runs_on_ort_cpu(&settings.runtime)
+                && FoodModel::int8_is_cpu_default(&settings.model_dir)? =>
+        {
+            Precision::Int8
+        }
+        ModelPrecision::Auto => Precision::Fp32,
+    };
+    FoodModel::load(&settings.model_dir, precision)
 }
 
 /// How long each stage took, in milliseconds.
@@ -100,7 +117,7 @@ impl Scorer {
         settings: &ScorerSettings,
         observer: Option<BatchObserver>,
     ) -> Result<Self, InferenceError> {
-        let model = Arc::new(FoodModel::load(&settings.model_dir)?);
+        let model = Arc::new(load_model(settings)?);
         let runtime = runtime::load(model.file(), &settings.runtime, settings.max_batch)?;
         let scorer = Self::with_runtime(model, runtime.clone(), settings, observer);
         runtime::warm_up(

@@ -15,10 +15,39 @@ struct Manifest {
     version: String,
     file: String,
     sha256: String,
+    /// The same network quantised to INT8, for CPUs.
+    int8: Option<ManifestFile>,
     input: ManifestInput,
     output: ManifestOutput,
     preprocess: ManifestPreprocess,
     normalisation: ManifestNormalisation,
+}
+
+#[derive(Debug, Deserialize)]
+struct ManifestFile {
+    version: String,
+    file: String,
+    sha256: String,
+    /// INT8 only: `auto` runs it on ONNX Runtime's CPU provider. Set only once it agrees
+    /// with FP32 (`tests/scorer.rs` holds the flag to the agreement).
+    #[serde(default)]
+    default_on_cpu: bool,
+}
+
+/// Which of a model folder's ONNX files runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    Fp32,
+    Int8,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fp32 => "fp32",
+            Self::Int8 => "int8",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +121,8 @@ pub struct FoodModel {
     pub onnx_sha256: String,
     /// Name of the model's image input.
     pub input_name: String,
+    /// Which of the folder's files this is.
+    pub precision: Precision,
     /// Model file, food table and tips versions together: stored with every result.
     pub version: String,
     pub input: InputSpec,
@@ -108,22 +139,42 @@ fn read(path: &Path) -> Result<String, InferenceError> {
     std::fs::read_to_string(path).map_err(|e| model_error(path, e))
 }
 
+fn read_manifest(dir: &Path) -> Result<Manifest, InferenceError> {
+    let path = dir.join("manifest.json");
+    serde_json::from_str(&read(&path)?).map_err(|e| model_error(&path, e))
+}
+
 impl FoodModel {
-    /// Loads and cross-checks the model folder: the ONNX file's SHA-256 must match the
-    /// manifest, and every food class's label must match the model's label list.
-    pub fn load(dir: &Path) -> Result<Self, InferenceError> {
+    /// Whether the folder's INT8 file is the one to run on ONNX Runtime's CPU provider.
+    pub fn int8_is_cpu_default(dir: &Path) -> Result<bool, InferenceError> {
+        Ok(read_manifest(dir)?.int8.is_some_and(|f| f.default_on_cpu))
+    }
+
+    /// Loads and cross-checks the model folder with the ONNX file of `precision`: its SHA-256
+    /// must match the manifest, and every food class's label must match the model's labels.
+    pub fn load(dir: &Path, precision: Precision) -> Result<Self, InferenceError> {
         let manifest_path = dir.join("manifest.json");
-        let manifest: Manifest = serde_json::from_str(&read(&manifest_path)?)
-            .map_err(|e| model_error(&manifest_path, e))?;
-        let onnx_path = dir.join(&manifest.file);
+        let manifest = read_manifest(dir)?;
+        let file = match precision {
+            Precision::Fp32 => ManifestFile {
+                version: manifest.version.clone(),
+                file: manifest.file.clone(),
+                sha256: manifest.sha256.clone(),
+                default_on_cpu: false,
+            },
+            Precision::Int8 => manifest
+                .int8
+                .ok_or_else(|| model_error(&manifest_path, "lists no INT8 file (`int8`)"))?,
+        };
+        let onnx_path = dir.join(&file.file);
         let onnx = std::fs::read(&onnx_path).map_err(|e| model_error(&onnx_path, e))?;
         let actual = hex::encode(Sha256::digest(&onnx));
-        if actual != manifest.sha256 {
+        if actual != file.sha256 {
             return Err(model_error(
                 &onnx_path,
                 format!(
                     "SHA-256 {actual} does not match the manifest's {}",
-                    manifest.sha256
+                    file.sha256
                 ),
             ));
         }
@@ -175,11 +226,12 @@ impl FoodModel {
         }
         Ok(Self {
             onnx_path,
-            onnx_sha256: manifest.sha256,
+            onnx_sha256: file.sha256,
             input_name: manifest.input.name,
+            precision,
             version: format!(
                 "{}+classes.{}+tips.{}",
-                manifest.version, table.version, tips.version
+                file.version, table.version, tips.version
             ),
             input: InputSpec {
                 size: manifest.input.width,

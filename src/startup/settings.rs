@@ -94,6 +94,7 @@ pub fn scorer(config: &Config) -> ScorerSettings {
     };
     ScorerSettings {
         model_dir: config.model_dir.clone(),
+        precision: config.model_precision,
         runtime: RuntimeSettings {
             choice: config.runtime,
             ort_library: config.ort_library.clone(),

@@ -13,7 +13,7 @@ use std::{
 };
 
 /// Which runtime and provider to load: values of the configuration, defined there.
-pub use crate::config::{ExecutionProvider, RuntimeChoice};
+pub use crate::config::{ExecutionProvider, ModelPrecision, RuntimeChoice};
 pub use library::{bundled_library, OrtLibrary};
 pub use onnxruntime::OrtRuntime;
 pub use tract::TractRuntime;
@@ -80,6 +80,13 @@ pub struct ModelFile<'a> {
     pub input_name: &'a str,
     /// Side of the square input, in pixels.
     pub input_size: u32,
+}
+
+/// Whether these settings run ONNX Runtime on the CPU: asked for, and its library loads.
+pub fn runs_on_ort_cpu(settings: &RuntimeSettings) -> bool {
+    settings.choice != RuntimeChoice::Tract
+        && settings.provider == ExecutionProvider::Cpu
+        && onnxruntime::library_loads(settings)
 }
 
 /// Loads the runtime the settings ask for. `max_batch` overrides the runtime's default

@@ -49,6 +49,11 @@ fn environment(
     }
 }
 
+/// Whether the library these settings point at loads (once per process, as every load).
+pub(super) fn library_loads(settings: &RuntimeSettings) -> bool {
+    environment(settings.ort_library.as_deref()).is_ok()
+}
+
 pub struct OrtRuntime {
     session: Mutex<Session>,
     provider: ExecutionProvider,
