@@ -8,6 +8,7 @@
 //! contact), `budget` (memory budgets: byte-counted semaphores), `config`, `startup` and
 //! `cli`.
 
+pub mod allocator;
 pub mod api;
 pub mod budget;
 pub mod cli;

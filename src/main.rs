@@ -4,9 +4,13 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    match platescore::cli::run(platescore::cli::Cli::parse()).await {
+fn main() -> std::process::ExitCode {
+    platescore::allocator::return_freed_memory_promptly();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
+    match runtime.block_on(platescore::cli::run(platescore::cli::Cli::parse())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
