@@ -40,14 +40,19 @@ use crate::{
 
 /// Webhook arrivals by job id, as the receiver saw them.
 #[derive(Default)]
-struct Arrivals {
+pub(super) struct Arrivals {
     at: Mutex<HashMap<String, Instant>>,
     count: Mutex<usize>,
     changed: Notify,
 }
 
 impl Arrivals {
-    async fn wait_for(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+    /// When the latest first delivery of a job arrived.
+    pub(super) fn last(&self) -> Option<Instant> {
+        self.at.lock().unwrap().values().max().copied()
+    }
+
+    pub(super) async fn wait_for(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
         let wait = async {
             loop {
                 let changed = self.changed.notified();
@@ -84,7 +89,7 @@ async fn receive(arrivals: Data<&Arc<Arrivals>>, body: Json<serde_json::Value>) 
     "ok"
 }
 
-async fn start_receiver(arrivals: Arc<Arrivals>) -> anyhow::Result<SocketAddr> {
+pub(super) async fn start_receiver(arrivals: Arc<Arrivals>) -> anyhow::Result<SocketAddr> {
     let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await?;
     let addr = *acceptor.local_addr()[0]
         .as_socket_addr()
@@ -172,7 +177,7 @@ impl Bench {
 }
 
 /// The files named, and the JPEGs in the folders named and their subfolders.
-fn photos(paths: &[PathBuf]) -> anyhow::Result<Vec<Bytes>> {
+pub(super) fn photos(paths: &[PathBuf]) -> anyhow::Result<Vec<Bytes>> {
     let mut found = Vec::new();
     let mut folders = Vec::new();
     for path in paths {
@@ -201,7 +206,7 @@ fn photos(paths: &[PathBuf]) -> anyhow::Result<Vec<Bytes>> {
 
 /// Distinct bytes per job (a JPEG ignores what follows its end marker), so no job reuses
 /// another's result.
-fn salted(photo: &Bytes, i: usize) -> Bytes {
+pub(super) fn salted(photo: &Bytes, i: usize) -> Bytes {
     let mut bytes = photo.to_vec();
     bytes.extend_from_slice(format!("bench {i} {}", Uuid::new_v4()).as_bytes());
     Bytes::from(bytes)
@@ -209,12 +214,23 @@ fn salted(photo: &Bytes, i: usize) -> Bytes {
 
 const BOUNDARY: &str = "platescore-bench-boundary";
 
-/// A `multipart/form-data` body with one `image` part.
-fn upload_body(image: &[u8]) -> Vec<u8> {
-    let mut body = format!(
-        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"meal.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
-    )
-    .into_bytes();
+/// A `multipart/form-data` body with an `image` part and, when given, a `webhook_url`.
+fn upload_body(image: &[u8], webhook_url: Option<&str>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(image.len() + 512);
+    if let Some(url) = webhook_url {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"webhook_url\"\r\n\r\n{url}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"meal.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
+        )
+        .as_bytes(),
+    );
     body.extend_from_slice(image);
     body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
     body
@@ -226,6 +242,17 @@ async fn enqueue(
     key: &str,
     image: Bytes,
 ) -> anyhow::Result<String> {
+    enqueue_with_webhook(client, base, key, image, None).await
+}
+
+/// Uploads `image` as a new job; returns its id.
+pub(super) async fn enqueue_with_webhook(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    image: Bytes,
+    webhook_url: Option<&str>,
+) -> anyhow::Result<String> {
     let response = client
         .post(format!("{base}/enqueue"))
         .bearer_auth(key)
@@ -233,7 +260,7 @@ async fn enqueue(
             "content-type",
             format!("multipart/form-data; boundary={BOUNDARY}"),
         )
-        .body(upload_body(&image))
+        .body(upload_body(&image, webhook_url))
         .send()
         .await?;
     anyhow::ensure!(response.status() == 202, "enqueue: {}", response.status());
@@ -241,36 +268,45 @@ async fn enqueue(
     Ok(job["job_id"].as_str().unwrap_or_default().to_string())
 }
 
+/// Preprocessing + inference alone, in this process: the scorer with as many callers as
+/// the node's workers use, over `jobs` photos. Prints and returns images per second.
+pub(super) async fn scoring_alone(
+    config: &Config,
+    photos: &[Bytes],
+    jobs: usize,
+) -> anyhow::Result<f64> {
+    let scorer = Arc::new(Scorer::load(&startup::settings::scorer(config), None)?);
+    let concurrency = startup::settings::worker(config, &scorer).concurrency;
+    scorer.score(photos[0].clone(), &[], "en").await?; // warm-up
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..jobs {
+        let permit = slots.clone().acquire_owned().await?;
+        let (scorer, bytes) = (scorer.clone(), photos[i % photos.len()].clone());
+        tasks.push(tokio::spawn(async move {
+            let scored = scorer.score(bytes, &[], "en").await;
+            drop(permit);
+            scored.is_ok()
+        }));
+    }
+    for task in tasks {
+        anyhow::ensure!(task.await?, "scoring failed");
+    }
+    let rate = jobs as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "preprocess + inference alone ({} {}, {concurrency} in flight): {rate:.1} img/s",
+        scorer.runtime_name(),
+        scorer.model().precision.as_str()
+    );
+    Ok(rate)
+}
+
 /// End to end against preprocessing plus inference alone, then latency at half load.
 pub async fn pipeline(config: &Config, images: &[PathBuf], jobs: usize) -> anyhow::Result<()> {
     let photos = photos(images)?;
 
-    // 1. Preprocessing + inference alone: the scorer, as many callers as the workers use.
-    let (raw_rate, concurrency) = {
-        let scorer = Arc::new(Scorer::load(&startup::settings::scorer(config), None)?);
-        let concurrency = startup::settings::worker(config, &scorer).concurrency;
-        let inputs: Vec<Bytes> = (0..jobs)
-            .map(|i| photos[i % photos.len()].clone())
-            .collect();
-        scorer.score(inputs[0].clone(), &[], "en").await?; // warm-up
-        let slots = Arc::new(Semaphore::new(concurrency));
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for bytes in inputs {
-            let permit = slots.clone().acquire_owned().await?;
-            let scorer = scorer.clone();
-            tasks.push(tokio::spawn(async move {
-                let scored = scorer.score(bytes, &[], "en").await;
-                drop(permit);
-                scored.is_ok()
-            }));
-        }
-        for task in tasks {
-            anyhow::ensure!(task.await?, "scoring failed");
-        }
-        (jobs as f64 / started.elapsed().as_secs_f64(), concurrency)
-    };
-    println!("preprocess + inference alone ({concurrency} in flight): {raw_rate:.1} img/s");
+    let raw_rate = scoring_alone(config, &photos, jobs).await?;
 
     // 2. Saturation: enqueue every job at once; time until the last webhook.
     let bench = Bench::start(config).await?;

@@ -3,6 +3,7 @@
 //! Results go to stdout, so scripts can capture them; messages for people go to stderr.
 
 mod bench;
+mod bench_http;
 mod bench_lifecycle;
 mod healthcheck;
 mod score;
@@ -118,6 +119,13 @@ pub enum BenchCommand {
         images: Vec<PathBuf>,
         #[arg(long, default_value_t = 400)]
         jobs: usize,
+        /// Send the jobs over HTTP to a separate `platescore serve` (this executable, its
+        /// defaults, a fresh data folder), closed loop, instead of the in-process node.
+        #[arg(long)]
+        http: bool,
+        /// Clients sending at once, with `--http`.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
     },
     /// Webhook delivery alone: drain this many outbox rows to a loopback receiver.
     Delivery {
@@ -199,9 +207,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 bench::preprocess_time(&config, &file, iterations)
             }
             BenchCommand::Batcher { seconds } => bench::batcher_overhead(&config, seconds).await,
-            BenchCommand::Pipeline { images, jobs } => {
-                bench_lifecycle::pipeline(&config, &images, jobs).await
-            }
+            BenchCommand::Pipeline {
+                images,
+                jobs,
+                http: false,
+                ..
+            } => bench_lifecycle::pipeline(&config, &images, jobs).await,
+            BenchCommand::Pipeline {
+                images,
+                jobs,
+                http: true,
+                concurrency,
+            } => bench_http::pipeline(&config, &images, jobs, concurrency).await,
             BenchCommand::Delivery { deliveries } => {
                 bench_lifecycle::delivery(&config, deliveries).await
             }
