@@ -760,13 +760,19 @@ async fn the_int8_file_is_the_cpu_default_exactly_when_it_agrees_with_fp32() {
         } else {
             eprintln!(
                 "{name}: top-1 {} {:.3} (fp32) vs {} {:.3} (int8)",
-                a.labels[0].label, a.labels[0].probability, b.labels[0].label, b.labels[0].probability
+                a.labels[0].label,
+                a.labels[0].probability,
+                b.labels[0].label,
+                b.labels[0].probability
             );
         }
         if a.is_food == b.is_food {
             same_decision += 1;
         } else {
-            eprintln!("{name}: is_food {} (fp32) vs {} (int8)", a.is_food, b.is_food);
+            eprintln!(
+                "{name}: is_food {} (fp32) vs {} (int8)",
+                a.is_food, b.is_food
+            );
         }
         if let (Some(x), Some(y)) = (a.score, b.score) {
             score_differences.push((x - y).abs());
@@ -781,8 +787,14 @@ async fn the_int8_file_is_the_cpu_default_exactly_when_it_agrees_with_fp32() {
         share(same_decision) * 100.0,
         score_differences.len()
     );
-    assert!(share(same_decision) >= 0.98, "food decision agreement {same_decision}/{scored}");
-    assert!(mean_difference <= 0.1, "mean score difference {mean_difference}");
+    assert!(
+        share(same_decision) >= 0.98,
+        "food decision agreement {same_decision}/{scored}"
+    );
+    assert!(
+        mean_difference <= 0.1,
+        "mean score difference {mean_difference}"
+    );
     let agrees = share(same_top1) >= 0.97;
     assert_eq!(
         FoodModel::int8_is_cpu_default(&model_dir()).unwrap(),

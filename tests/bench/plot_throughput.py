@@ -1,7 +1,7 @@
 """Plots tests/bench/throughput.sh's results as SVG files.
 
     python3 -m venv /tmp/plot && /tmp/plot/bin/pip install -r tests/bench/requirements.txt
-    /tmp/plot/bin/python tests/bench/plot_throughput.py RESULTS_DIR docs/
+    /tmp/plot/bin/python tests/bench/plot_throughput.py RESULTS.jsonl docs/
 
 Writes throughput-vs-concurrency.svg (completed jobs/s over HTTP against the number of
 clients, with the raw capacities of the same sitting) and latency-cdf-half-load.svg
@@ -24,7 +24,7 @@ matplotlib.rcParams["svg.fonttype"] = "none"
 
 def main():
     results, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-    rows = [json.loads(line) for line in (results / "results.jsonl").open()]
+    rows = [json.loads(line) for line in results.open()]
 
     def median(kind, key):
         values = [r[key] for r in rows if r["kind"] == kind]
@@ -32,9 +32,10 @@ def main():
 
     sweep = sorted((r["concurrency"], r["completed_per_s"]) for r in rows if r["kind"] == "sweep")
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ax.plot([c for c, _ in sweep], [v for _, v in sweep], "o-", label="completed over HTTP (loadgen)")
-    for kind, style, name in [("capacity", "--", "R: default model, in process"),
-                              ("capacity-fp32", ":", "R32: FP32 model, in process")]:
+    ax.plot([c for c, _ in sweep], [v for _, v in sweep], "o-",
+            label="completed over HTTP (loadgen; FP32, the default)")
+    for kind, style, name in [("capacity-int8", "--", "R8: INT8 file, in process"),
+                              ("capacity-fp32", ":", "R32: FP32 file, in process")]:
         value = median(kind, "alone_img_per_s")
         if value:
             ax.axhline(value, linestyle=style, color="grey", label=f"{name} ({value:.0f}/s)")

@@ -4,7 +4,7 @@
 # folder, every role on one node; ../shared/tools/loadgen.py drives it with distinct uploads
 # of ../shared/images/food and receives the webhooks, on the same cores.
 #   tests/bench/throughput.sh [RESULTS_DIR]        # default /tmp/platescore-throughput
-#   python3 tests/bench/plot_throughput.py RESULTS_DIR docs/   # the SVG plots
+#   python3 tests/bench/plot_throughput.py RESULTS_DIR/results.jsonl docs/   # the SVG plots
 # Env: BENCH_ROUNDS (3), BENCH_JOBS (1220), BENCH_SWEEP ("1 4 8 16 32 64"), LOADGEN, BENCH_IMAGES.
 # Each round measures, on fresh servers:
 #   R32:       `bench pipeline --http` with the FP32 model (the default): its "alone" line
@@ -82,7 +82,12 @@ if o["rate"]:
     row["e2e_raw_ms"] = json.load(open(raw))["e2e_ms"]
 print(json.dumps(row))
 PY
-  tail -n 1 "$results" | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); e=r["e2e_ms"]; print(f"{r[\"kind\"]:<14} round {r[\"round\"]} c={r[\"concurrency\"]} rate={r[\"rate\"]}: completed {r[\"completed_per_s\"]} jobs/s, e2e p50 {e[\"p50\"]:.0f} ms p99 {e[\"p99\"]:.0f} ms, RSS after {r[\"rss_after_mb\"]} MB (peak {r[\"rss_peak_mb\"]})")'
+  tail -n 1 "$results" | python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read())
+print("%-16s round %s c=%s rate=%s: completed %s jobs/s, e2e p50 %.0f ms p99 %.0f ms, RSS after %s MB (peak %s MB)"
+      % (r["kind"], r["round"], r["concurrency"], r["rate"], r["completed_per_s"],
+         r["e2e_ms"]["p50"], r["e2e_ms"]["p99"], r["rss_after_mb"], r["rss_peak_mb"]))'
 }
 
 # `bench pipeline --http`: the in-process capacity and its own over-HTTP run.
