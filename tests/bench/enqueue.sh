@@ -3,12 +3,12 @@
 # concurrency 32, against a release build on loopback, with wrk (apt-get install wrk).
 #   tests/bench/enqueue.sh sqlite              # embedded defaults: SQLite + local folder
 #   .ci/with-postgres tests/bench/enqueue.sh postgres
-# Env: BENCH_DURATION (default 20s), BENCH_CONNECTIONS (32), BENCH_THREADS (1), BENCH_ROLE
+# Env: BENCH_BIN (default target/release/platescore: another build for an A/B), BENCH_DURATION (default 20s), BENCH_CONNECTIONS (32), BENCH_THREADS (1), BENCH_ROLE
 # (`api`, the default: enqueue alone, no worker scoring the jobs on the same cores; or `all`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 backend=${1:-sqlite}
-bin=target/release/platescore
+bin=${BENCH_BIN:-target/release/platescore}
 [ -x "$bin" ] || cargo build --release
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install wrk" >&2; exit 1; }
 
