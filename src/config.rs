@@ -96,8 +96,11 @@ pub struct Config {
     pub outbound_allow_cidrs: String,
     /// `text` or `json`.
     pub log_format: LogFormat,
-    /// Folder of the food-scoring model (`manifest.json`, `model.onnx`, tables).
-    pub model_dir: PathBuf,
+    /// Folder of the model folders: each subfolder with a `manifest.json` is a model, its
+    /// name the `model_id` jobs select it by (`models/README.md`).
+    pub models_dir: PathBuf,
+    /// The model jobs run when they name none.
+    pub default_model: String,
     /// `auto` (ONNX Runtime when its library loads, else tract), `ort` or `tract`.
     pub runtime: RuntimeChoice,
     /// Which of the model folder's files runs: `auto` (INT8 on ONNX Runtime's CPU provider
@@ -205,7 +208,8 @@ impl Default for Config {
             metrics_token: None,
             outbound_allow_cidrs: String::new(),
             log_format: LogFormat::Text,
-            model_dir: PathBuf::from("models/food-scorer"),
+            models_dir: PathBuf::from("models"),
+            default_model: "food-scorer".into(),
             runtime: RuntimeChoice::Auto,
             model_precision: ModelPrecision::Auto,
             ort_library: None,
@@ -294,6 +298,13 @@ pub enum ObjectStoreLocation {
 impl Config {
     /// Defaults, then the TOML file (if given), then the environment.
     pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        if std::env::var_os("PLATESCORE_MODEL_DIR").is_some() {
+            return Err(invalid(
+                "model_dir",
+                "PLATESCORE_MODEL_DIR is gone: set PLATESCORE_MODELS_DIR to the folder of model \
+                 folders and PLATESCORE_DEFAULT_MODEL to the default's folder name",
+            ));
+        }
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));

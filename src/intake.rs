@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::{
     imaging::{self, HeaderError},
-    inference::DietTag,
+    inference::{DietTag, ModelCatalogue},
     objects::{self, ObjectStore, ObjectStoreError},
     outbound::{OutboundError, OutboundPolicy},
     queue_pool::{CommitBatch, GroupCommit, Unrecorded},
@@ -40,6 +40,8 @@ pub enum IntakeError {
     Metadata(String),
     #[error("model_id: {0}")]
     ModelId(String),
+    #[error("model_id: no model {0:?}; GET /models lists them")]
+    ModelUnknown(String),
     #[error("diets: {0}")]
     Diets(String),
     #[error("lang: {0}")]
@@ -110,6 +112,8 @@ pub struct Intake {
     outbound: OutboundPolicy,
     wakeups: Arc<Wakeups>,
     limits: IntakeLimits,
+    /// The models a job may name.
+    models: Arc<ModelCatalogue>,
     inserts: GroupCommit<NewJob, Result<InsertOutcome, StoreError>>,
 }
 
@@ -166,6 +170,7 @@ impl Intake {
         outbound: OutboundPolicy,
         wakeups: Arc<Wakeups>,
         limits: IntakeLimits,
+        models: Arc<ModelCatalogue>,
     ) -> Self {
         // Needs a tokio runtime: the group commit's task starts here.
         let committer = Arc::new(JobInserts { db: db.clone() });
@@ -176,6 +181,7 @@ impl Intake {
             outbound,
             wakeups,
             limits,
+            models,
             inserts,
         }
     }
@@ -200,6 +206,11 @@ impl Intake {
             .map(|m| self.check_metadata(m))
             .transpose()?;
         let model_id = request.model_id.map(check_model_id).transpose()?;
+        if let Some(id) = &model_id {
+            if self.models.resolve(Some(id)).is_none() {
+                return Err(IntakeError::ModelUnknown(id.clone()));
+            }
+        }
         let diets = check_diets(&request.diets)?;
         let lang = request.lang.map(check_lang).transpose()?;
         let idempotency_key = request

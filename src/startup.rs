@@ -18,7 +18,7 @@ use crate::{
     budget::MemoryBudget,
     config::Config,
     delivery::DeliveryWorker,
-    inference::{BatchObserver, Scorer},
+    inference::{BatchObserver, Scorers},
     intake::{Intake, IntakeLimits},
     limits::{LimitDefaults, PartnerLimits},
     metrics, objects,
@@ -98,6 +98,7 @@ impl Application {
         let policy = OutboundPolicy::new(config.outbound_allow_list()?);
         let wakeups = Wakeups::new(db.clone());
         let render = api::webhook_payload_renderer();
+        let models = Arc::new(settings::catalogue(config)?);
         let intake = Intake::new(
             db.clone(),
             objects.clone(),
@@ -107,16 +108,20 @@ impl Application {
                 max_image_pixels: config.max_image_pixels,
                 max_metadata_bytes: config.max_metadata_bytes,
             },
+            models.clone(),
         );
         let background = if role.runs_workers() {
             let batch_sizes: BatchObserver =
                 Arc::new(|size| metrics::get().batch_size.observe(size as f64));
-            let scorer = Arc::new(Scorer::load(&settings::scorer(config), Some(batch_sizes))?);
-            let scoring = ScoringInfo {
-                runtime: scorer.runtime_name().to_string(),
-                model_version: scorer.model().version.clone(),
-            };
-            metrics::get().set_model_info(&scoring.runtime, &scoring.model_version);
+            let scorers = Arc::new(Scorers::load(
+                &models,
+                &settings::scorer(config),
+                Some(batch_sizes),
+            )?);
+            let scoring = ScoringInfo::of(&scorers);
+            for scorer in scorers.iter() {
+                metrics::get().set_model_info(scorer.runtime_name(), &scorer.model().version);
+            }
             let fetcher = GuardedClient::new(
                 policy.clone(),
                 RedirectRule::Follow(MAX_IMAGE_REDIRECTS),
@@ -128,11 +133,11 @@ impl Application {
                 jobs: JobWorker::new(
                     db.clone(),
                     objects.clone(),
-                    scorer.clone(),
+                    scorers.clone(),
                     fetcher,
                     wakeups.clone(),
                     render.clone(),
-                    settings::worker(config, &scorer),
+                    settings::worker(config, scorers.default_scorer()),
                 ),
                 deliveries: DeliveryWorker::new(
                     db.clone(),
@@ -186,6 +191,7 @@ impl Application {
                 overview_minutes: Default::default(),
                 metrics_token: config.metrics_token.clone().filter(|t| !t.is_empty()),
                 scoring,
+                models,
                 limits: PartnerLimits::new(LimitDefaults {
                     rate_per_second: config.partner_rate_limit_per_second,
                     burst: config.partner_rate_limit_burst,

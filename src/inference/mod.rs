@@ -4,6 +4,7 @@
 //! batcher to whichever runtime was loaded.
 
 pub mod batcher;
+pub mod catalogue;
 pub mod model;
 pub mod preprocess;
 pub mod runtime;
@@ -21,6 +22,7 @@ use serde::Serialize;
 use crate::budget::MemoryBudget;
 
 pub use batcher::{BatchObserver, Batcher, BatcherSettings};
+pub use catalogue::{ModelCatalogue, ModelEntry};
 pub use model::{FoodModel, Precision};
 pub use preprocess::{DecodeLimits, ImageError};
 pub use runtime::{ExecutionProvider, ModelPrecision, Runtime, RuntimeChoice, RuntimeSettings};
@@ -117,9 +119,20 @@ impl Scorer {
         settings: &ScorerSettings,
         observer: Option<BatchObserver>,
     ) -> Result<Self, InferenceError> {
+        let budget = Arc::new(MemoryBudget::new(settings.decode_budget_bytes));
+        Self::load_sharing(settings, observer, budget)
+    }
+
+    /// [`Scorer::load`], decoding within a budget other scorers share.
+    fn load_sharing(
+        settings: &ScorerSettings,
+        observer: Option<BatchObserver>,
+        decode_budget: Arc<MemoryBudget>,
+    ) -> Result<Self, InferenceError> {
         let model = Arc::new(load_model(settings)?);
         let runtime = runtime::load(model.file(), &settings.runtime, settings.max_batch)?;
-        let scorer = Self::with_runtime(model, runtime.clone(), settings, observer);
+        let mut scorer = Self::with_runtime(model, runtime.clone(), settings, observer);
+        scorer.decode_budget = decode_budget;
         runtime::warm_up(
             &*runtime,
             scorer.model.input.tensor_len(),
@@ -211,9 +224,16 @@ impl Scorer {
         .await
         .map_err(|e| InferenceError::Model(format!("preprocessing task failed: {e}")))??;
         let preprocessed = Instant::now();
-        let logits = self.batcher.infer(prepared.tensor).await?;
+        let outputs = self.batcher.infer(prepared.tensor).await?;
         let inferred = Instant::now();
-        let result = scoring::interpret(&self.model, &logits, diets, lang);
+        if outputs.len() != self.model.outputs {
+            return Err(InferenceError::Model(format!(
+                "the runtime returned {} values, the manifest promises {}",
+                outputs.len(),
+                self.model.outputs
+            )));
+        }
+        let result = scoring::interpret(&self.model, &outputs, diets, lang);
         Ok(Scored {
             result,
             timings: Timings {
@@ -222,5 +242,56 @@ impl Scorer {
                 total_ms: ms(started.elapsed()),
             },
         })
+    }
+}
+
+/// A scorer for each model of the catalogue, each with its own runtime session and batcher,
+/// all decoding within one budget.
+pub struct Scorers {
+    scorers: Vec<Arc<Scorer>>,
+    default: usize,
+}
+
+impl Scorers {
+    /// Loads every model of the catalogue with these settings (their `model_dir` aside).
+    pub fn load(
+        catalogue: &ModelCatalogue,
+        settings: &ScorerSettings,
+        observer: Option<BatchObserver>,
+    ) -> Result<Self, InferenceError> {
+        let budget = Arc::new(MemoryBudget::new(settings.decode_budget_bytes));
+        let scorers = catalogue
+            .entries()
+            .iter()
+            .map(|entry| {
+                let settings = ScorerSettings {
+                    model_dir: entry.dir.clone(),
+                    ..settings.clone()
+                };
+                Scorer::load_sharing(&settings, observer.clone(), budget.clone()).map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let default_id = &catalogue.default_entry().id;
+        let default = scorers
+            .iter()
+            .position(|s| s.model().id == *default_id)
+            .expect("one scorer per catalogue entry");
+        Ok(Self { scorers, default })
+    }
+
+    /// The scorer of the model a job names, or the default's; `None` for an unknown id.
+    pub fn get(&self, model_id: Option<&str>) -> Option<&Arc<Scorer>> {
+        match model_id {
+            None => Some(self.default_scorer()),
+            Some(id) => self.scorers.iter().find(|s| s.model().id == id),
+        }
+    }
+
+    pub fn default_scorer(&self) -> &Arc<Scorer> {
+        &self.scorers[self.default]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Scorer>> {
+        self.scorers.iter()
     }
 }

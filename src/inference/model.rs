@@ -12,6 +12,8 @@ use super::{preprocess::InputSpec, runtime::ModelFile, tips::TipCatalogue, Infer
 
 #[derive(Debug, Deserialize)]
 struct Manifest {
+    /// When present, it must equal the folder's name (the id jobs select the model by).
+    id: Option<String>,
     version: String,
     file: String,
     sha256: String,
@@ -21,6 +23,48 @@ struct Manifest {
     output: ManifestOutput,
     preprocess: ManifestPreprocess,
     normalisation: ManifestNormalisation,
+    /// A trained head grafted beside ImageNet's (`models/food-scorer/train/`).
+    head: Option<ManifestHead>,
+    #[serde(default)]
+    licence: String,
+}
+
+/// Where a trained head's outputs sit in the model's output row, and its gate.
+#[derive(Debug, Deserialize)]
+struct ManifestHead {
+    first: usize,
+    classes: usize,
+    similarity: usize,
+    gate: Gate,
+}
+
+/// How much a photo's result comes from the trained head: 0 below `low` cosine similarity to
+/// the head's class centroids, 1 from `high`, linear between.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Gate {
+    pub low: f32,
+    pub high: f32,
+}
+
+/// A head trained on the model's pooled features, beside ImageNet's. The output row is
+/// ImageNet's logits, then the head's logits, then the photo's similarity to the head's
+/// training photos; the result mixes both heads' probabilities by the [`Gate`].
+#[derive(Debug, Clone, Copy)]
+pub struct TrainedHead {
+    /// Index of the head's first class: the number of ImageNet classes before it.
+    pub first: usize,
+    pub classes: usize,
+    /// Index of the similarity in the output row.
+    pub similarity: usize,
+    pub gate: Gate,
+}
+
+impl TrainedHead {
+    /// The head's weight in the mixture for this similarity.
+    pub fn weight(&self, similarity: f32) -> f32 {
+        let Gate { low, high } = self.gate;
+        ((similarity - low) / (high - low)).clamp(0.0, 1.0)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +160,8 @@ pub struct FoodTable {
 /// Everything needed to turn pixels into a scored result.
 #[derive(Debug)]
 pub struct FoodModel {
+    /// The model folder's name, which jobs select it by.
+    pub id: String,
     pub onnx_path: PathBuf,
     /// The ONNX file's SHA-256, checked against the manifest at load.
     pub onnx_sha256: String,
@@ -129,6 +175,10 @@ pub struct FoodModel {
     pub labels: Vec<String>,
     pub table: FoodTable,
     pub tips: TipCatalogue,
+    /// Values in the model's output row.
+    pub outputs: usize,
+    pub head: Option<TrainedHead>,
+    pub licence: String,
 }
 
 fn model_error(path: &Path, message: impl std::fmt::Display) -> InferenceError {
@@ -137,6 +187,28 @@ fn model_error(path: &Path, message: impl std::fmt::Display) -> InferenceError {
 
 fn read(path: &Path) -> Result<String, InferenceError> {
     std::fs::read_to_string(path).map_err(|e| model_error(path, e))
+}
+
+/// A model's id: its folder's name, which must be a valid `model_id`.
+pub fn folder_id(dir: &Path) -> Result<String, InferenceError> {
+    dir.file_name()
+        .and_then(|name| name.to_str())
+        .filter(|name| is_model_id(name))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            model_error(
+                dir,
+                "the folder's name is not a valid model id (A-Z a-z 0-9 - _ .)",
+            )
+        })
+}
+
+/// 1 to 100 characters of `A-Z a-z 0-9 - _ .`.
+pub fn is_model_id(id: &str) -> bool {
+    (1..=100).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest, InferenceError> {
@@ -178,16 +250,42 @@ impl FoodModel {
                 ),
             ));
         }
+        let id = folder_id(dir)?;
+        if manifest.id.as_ref().is_some_and(|named| *named != id) {
+            return Err(model_error(
+                &manifest_path,
+                format!("id {:?} is not the folder's name {id:?}", manifest.id),
+            ));
+        }
+        let head = manifest.head.as_ref().map(|h| TrainedHead {
+            first: h.first,
+            classes: h.classes,
+            similarity: h.similarity,
+            gate: h.gate,
+        });
+        // Every output but the head's similarity has a label.
+        let labelled = match &head {
+            None => manifest.output.classes,
+            Some(h) => {
+                let consistent = h.first + h.classes == h.similarity
+                    && h.similarity + 1 == manifest.output.classes
+                    && h.classes > 0
+                    && h.gate.low < h.gate.high;
+                if !consistent {
+                    return Err(model_error(
+                        &manifest_path,
+                        "`head` must cover the outputs after ImageNet's, then the similarity, with gate low < high",
+                    ));
+                }
+                h.similarity
+            }
+        };
         let labels_path = dir.join(&manifest.output.labels);
         let labels: Vec<String> = read(&labels_path)?.lines().map(str::to_string).collect();
-        if labels.len() != manifest.output.classes {
+        if labels.len() != labelled {
             return Err(model_error(
                 &labels_path,
-                format!(
-                    "{} labels, expected {}",
-                    labels.len(),
-                    manifest.output.classes
-                ),
+                format!("{} labels, expected {labelled}", labels.len()),
             ));
         }
 
@@ -225,6 +323,7 @@ impl FoodModel {
             ));
         }
         Ok(Self {
+            id,
             onnx_path,
             onnx_sha256: file.sha256,
             input_name: manifest.input.name,
@@ -247,6 +346,9 @@ impl FoodModel {
                 hints: table.hint.into_iter().map(|h| h.index).collect(),
             },
             tips,
+            outputs: manifest.output.classes,
+            head,
+            licence: manifest.licence,
         })
     }
 

@@ -52,8 +52,28 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     exp.into_iter().map(|e| e / sum).collect()
 }
 
-pub fn interpret(model: &FoodModel, logits: &[f32], diets: &[DietTag], lang: &str) -> ScoreResult {
-    let probabilities = softmax(logits);
+/// Class probabilities from the model's output row. With a trained head, ImageNet's and the
+/// head's softmaxes are mixed by the head's gate, so a photo unlike the head's training photos
+/// keeps ImageNet's reading and one like them takes the head's.
+pub fn probabilities(model: &FoodModel, outputs: &[f32]) -> Vec<f32> {
+    match &model.head {
+        None => softmax(outputs),
+        Some(head) => {
+            let weight = head.weight(outputs[head.similarity]);
+            let imagenet = softmax(&outputs[..head.first]);
+            let trained = softmax(&outputs[head.first..head.similarity]);
+            imagenet
+                .into_iter()
+                .map(|p| p * (1.0 - weight))
+                .chain(trained.into_iter().map(|p| p * weight))
+                .collect()
+        }
+    }
+}
+
+/// Reads a model's output row (`model.outputs` values).
+pub fn interpret(model: &FoodModel, outputs: &[f32], diets: &[DietTag], lang: &str) -> ScoreResult {
+    let probabilities = probabilities(model, outputs);
     let table = &model.table;
 
     let mut food_mass = 0.0f32;

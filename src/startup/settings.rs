@@ -7,7 +7,10 @@ use std::time::Duration;
 use crate::{
     config::{Config, ConfigError},
     delivery::{DeliverySettings, RetrySchedule},
-    inference::{DecodeLimits, RuntimeSettings, Scorer, ScorerSettings},
+    inference::{
+        model::is_model_id, DecodeLimits, InferenceError, ModelCatalogue, RuntimeSettings, Scorer,
+        ScorerSettings,
+    },
     scheduling::{ReconcileSettings, Schedule},
     worker::WorkerSettings,
 };
@@ -84,7 +87,29 @@ pub fn reconcile(config: &Config) -> ReconcileSettings {
     }
 }
 
-/// What the food scorer needs from the configuration.
+/// The model folders under `models_dir`, checked, with the configured default.
+pub fn catalogue(config: &Config) -> Result<ModelCatalogue, InferenceError> {
+    ModelCatalogue::scan(&config.models_dir, &config.default_model)
+}
+
+/// [`scorer`] for the model with this id (the default when `None`).
+pub fn scorer_for(config: &Config, model: Option<&str>) -> Result<ScorerSettings, InferenceError> {
+    let id = model.unwrap_or(&config.default_model);
+    let dir = config.models_dir.join(id);
+    if !is_model_id(id) || !dir.join("manifest.json").is_file() {
+        return Err(InferenceError::Model(format!(
+            "no model {id:?}: {} has no such model folder",
+            config.models_dir.display()
+        )));
+    }
+    Ok(ScorerSettings {
+        model_dir: dir,
+        ..scorer(config)
+    })
+}
+
+/// What the food scorer needs from the configuration: the default model's folder, and the
+/// settings every model's scorer shares.
 pub fn scorer(config: &Config) -> ScorerSettings {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = if config.inference_threads == 0 {
@@ -93,7 +118,7 @@ pub fn scorer(config: &Config) -> ScorerSettings {
         config.inference_threads
     };
     ScorerSettings {
-        model_dir: config.model_dir.clone(),
+        model_dir: config.models_dir.join(&config.default_model),
         precision: config.model_precision,
         runtime: RuntimeSettings {
             choice: config.runtime,

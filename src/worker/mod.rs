@@ -18,7 +18,7 @@ pub use failure::JobFailure;
 
 use crate::{
     imaging,
-    inference::{tips, DietTag, Scorer},
+    inference::{tips, DietTag, Scorers},
     metrics,
     objects::{self, ObjectStore},
     outbound::GuardedClient,
@@ -55,7 +55,7 @@ pub struct WorkerSettings {
 pub struct JobWorker {
     db: Db,
     objects: Arc<dyn ObjectStore>,
-    scorer: Arc<Scorer>,
+    scorers: Arc<Scorers>,
     fetcher: GuardedClient,
     wakeups: Arc<Wakeups>,
     render: PayloadRenderer,
@@ -118,7 +118,7 @@ impl JobWorker {
     pub fn new(
         db: Db,
         objects: Arc<dyn ObjectStore>,
-        scorer: Arc<Scorer>,
+        scorers: Arc<Scorers>,
         fetcher: GuardedClient,
         wakeups: Arc<Wakeups>,
         render: PayloadRenderer,
@@ -127,7 +127,7 @@ impl JobWorker {
         Arc::new(Self {
             db,
             objects,
-            scorer,
+            scorers,
             fetcher,
             wakeups,
             render,
@@ -246,7 +246,17 @@ impl JobWorker {
                 self.fetch(lease, url).await?
             }
         };
-        let model_version = self.scorer.model().version.clone();
+        // Intake checked the id; a model taken away since fails the job.
+        let scorer = self.scorers.get(job.model_id.as_deref()).ok_or_else(|| {
+            JobFailure::permanent(
+                "model_unknown",
+                format!(
+                    "this node has no model {:?}",
+                    job.model_id.as_deref().unwrap_or_default()
+                ),
+            )
+        })?;
+        let model_version = scorer.model().version.clone();
         if let Some(result) = queue::reusable_result(&self.db, job, &sha256, &model_version).await?
         {
             tracing::debug!("reusing the result of an earlier job with the same image");
@@ -263,7 +273,7 @@ impl JobWorker {
             .filter_map(|d| d.parse().ok())
             .collect();
         let lang = job.lang.as_deref().unwrap_or(tips::DEFAULT_LANG);
-        let scored = self.scorer.score(bytes, &diets, lang).await?;
+        let scored = scorer.score(bytes, &diets, lang).await?;
         let metrics = metrics::get();
         metrics
             .preprocess_seconds
