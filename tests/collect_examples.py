@@ -183,6 +183,7 @@ def collect(base, key, hook, binary):
     for event in received:
         see(event, {"job.succeeded": "JobSucceededEvent", "job.failed": "JobFailedEvent", "webhook.test": "WebhookTestEvent"}[event["type"]])
     see(call(base, key, "GET", "/keys"), "ApiKeyList")
+    see(call(base, key, "GET", "/models"), "ModelList")
     see(call(base, key, "POST", "/keys/rotate"), "RotatedApiKey")
 
     missing = sorted(set(schemas) - set(examples))

@@ -9,6 +9,7 @@ mod jobs;
 mod keys;
 mod limits;
 pub mod listener;
+mod models;
 mod observe;
 mod openapi;
 mod payload;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     budget::MemoryBudget,
+    inference::{ModelCatalogue, Scorers},
     intake::Intake,
     objects::ObjectStore,
     store::{deliveries::PayloadRenderer, Db},
@@ -50,6 +52,8 @@ pub struct AppState {
     pub metrics_token: Option<String>,
     /// What this node scores with; `None` on API-only nodes.
     pub scoring: Option<ScoringInfo>,
+    /// The models jobs may name.
+    pub models: Arc<ModelCatalogue>,
     /// Partners' enqueue limits, and this node's rate buckets.
     pub limits: crate::limits::PartnerLimits,
 }
@@ -57,9 +61,37 @@ pub struct AppState {
 /// The model runtime and model version a worker node scores with.
 #[derive(Debug, Clone)]
 pub struct ScoringInfo {
-    /// `tract`, `ort-cpu`, `ort-cuda` or `ort-tensorrt`.
+    /// The default model's runtime: `tract`, `ort-cpu`, `ort-cuda` or `ort-tensorrt`.
     pub runtime: String,
+    /// The default model's version, as results carry it.
     pub model_version: String,
+    /// Each model's runtime and version, by id.
+    pub models: Vec<ModelRun>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelRun {
+    pub id: String,
+    pub runtime: String,
+    pub version: String,
+}
+
+impl ScoringInfo {
+    pub fn of(scorers: &Scorers) -> Self {
+        let default = scorers.default_scorer();
+        Self {
+            runtime: default.runtime_name().to_string(),
+            model_version: default.model().version.clone(),
+            models: scorers
+                .iter()
+                .map(|s| ModelRun {
+                    id: s.model().id.clone(),
+                    runtime: s.runtime_name().to_string(),
+                    version: s.model().version.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Tags)]
@@ -70,6 +102,8 @@ enum ApiTags {
     Webhooks,
     /// Your API keys.
     Keys,
+    /// The models jobs can choose.
+    Models,
     /// Operator endpoints; they need an admin key.
     Admin,
     /// Probes for load balancers and orchestrators.
@@ -80,6 +114,7 @@ pub type Apis = (
     jobs::JobsApi,
     webhooks::WebhooksApi,
     keys::KeysApi,
+    models::ModelsApi,
     admin::AdminApi,
     health::HealthApi,
 );
@@ -90,6 +125,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
             jobs::JobsApi,
             webhooks::WebhooksApi,
             keys::KeysApi,
+            models::ModelsApi,
             admin::AdminApi,
             health::HealthApi,
         ),

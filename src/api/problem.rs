@@ -103,6 +103,8 @@ pub enum ProblemCode {
     MetadataInvalid,
     /// 422: `model_id` is malformed.
     ModelIdInvalid,
+    /// 422: `model_id` names no model this service offers (`GET /models` lists them).
+    ModelUnknown,
     /// 422: an unknown diet tag.
     DietInvalid,
     /// 422: `lang` is not a language tag.
@@ -155,6 +157,7 @@ impl ProblemCode {
             | UrlForbiddenHost
             | MetadataInvalid
             | ModelIdInvalid
+            | ModelUnknown
             | DietInvalid
             | LangInvalid
             | IdempotencyKeyInvalid
@@ -404,6 +407,7 @@ impl From<IntakeError> for ApiProblem {
             IntakeError::NoImage => ProblemCode::ImageMissing,
             IntakeError::Metadata(_) => ProblemCode::MetadataInvalid,
             IntakeError::ModelId(_) => ProblemCode::ModelIdInvalid,
+            IntakeError::ModelUnknown(_) => ProblemCode::ModelUnknown,
             IntakeError::Diets(_) => ProblemCode::DietInvalid,
             IntakeError::Lang(_) => ProblemCode::LangInvalid,
             IntakeError::IdempotencyKey(_) => ProblemCode::IdempotencyKeyInvalid,

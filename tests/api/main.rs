@@ -11,6 +11,7 @@ mod health;
 mod helpers;
 mod lifecycle;
 mod limits;
+mod models;
 mod openapi;
 mod operations;
 mod queue;

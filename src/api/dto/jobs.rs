@@ -188,6 +188,9 @@ pub enum JobErrorCode {
     UrlForbiddenHost,
     /// The model failed on every attempt.
     InferenceFailed,
+    /// The job's `model_id` names a model no longer offered: its folder was taken away
+    /// after the job was enqueued.
+    ModelUnknown,
     /// The image store was unavailable on every attempt.
     StorageUnavailable,
     /// The database was unavailable on every attempt.
@@ -386,7 +389,8 @@ pub struct EnqueueUrlRequest {
     pub webhook_url: Option<HttpUrl>,
     /// Any JSON object of yours (at most 16 KiB by default), returned with the job.
     pub metadata: Option<JsonObject>,
-    /// The model to score with; the current default when absent.
+    /// The model to score with (`GET /models` lists them; another id is `422
+    /// model_unknown`); the default model when absent.
     #[oai(validator(pattern = "^[A-Za-z0-9._:@-]{1,100}$"))]
     pub model_id: Option<String>,
     /// Diet tags that shape the tips.

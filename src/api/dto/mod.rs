@@ -6,6 +6,7 @@ mod deliveries;
 mod health;
 mod jobs;
 mod keys;
+mod models;
 mod webhooks;
 
 use std::borrow::Cow;
@@ -22,6 +23,7 @@ pub use deliveries::*;
 pub use health::*;
 pub use jobs::*;
 pub use keys::*;
+pub use models::*;
 pub use webhooks::*;
 
 /// An instant in RFC 3339, always UTC with a `Z`, to the millisecond.
