@@ -292,8 +292,8 @@ fn score_prints_one_json_line_per_image_path_first() {
     let output = platescore(dir.path())
         .env("PLATESCORE_RUNTIME", "tract")
         .env(
-            "PLATESCORE_MODEL_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/models/food-scorer"),
+            "PLATESCORE_MODELS_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/models"),
         )
         .args(["score", "--diet", "vegetarian"])
         .arg(&photos)
@@ -382,8 +382,8 @@ fn after_a_crash_every_job_succeeds_and_every_webhook_arrives_with_a_stable_id()
             .env("PLATESCORE_WEBHOOK_RETRY_SCHEDULE", "100ms,100ms,100ms")
             .env("PLATESCORE_WEBHOOK_TIMEOUT_MS", "1000")
             .env(
-                "PLATESCORE_MODEL_DIR",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/models/food-scorer"),
+                "PLATESCORE_MODELS_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/models"),
             )
             .stderr(Stdio::piped())
             .spawn()
@@ -969,4 +969,103 @@ fn migration_count() -> usize {
                 .starts_with("m20")
         })
         .count()
+}
+
+#[test]
+fn eval_reports_food_accuracy_label_scores_the_gap_and_one_row_per_photo() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    for (from, to) in [
+        ("lemon.jpg", "food/fruit_lemon/lemon.jpg"),
+        ("apple.jpg", "food/fruit_apple/apple.jpg"),
+        ("pizza.jpg", "food/pizza/pizza.jpg"),
+        ("awkward/truncated_progressive.jpg", "food/pizza/broken.jpg"),
+        ("cat.jpg", "nonfood/animal/cat.jpg"),
+        ("document.png", "nonfood/document/page.png"),
+    ] {
+        let to = photos.join(to);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(format!("tests/fixtures/{from}"), to).unwrap();
+    }
+    let labels = dir.path().join("labels.toml");
+    std::fs::write(
+        &labels,
+        "healthy = [\"fruit_*\"]\nindulgent = [\"pizza\"]\n",
+    )
+    .unwrap();
+    let csv = dir.path().join("rows.csv");
+    let eval = |extra: &[&str]| {
+        platescore(dir.path())
+            .env(
+                "PLATESCORE_MODELS_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/models"),
+            )
+            .args(["eval", "--model", "food-scorer", "--labels"])
+            .arg(&labels)
+            .arg("--csv")
+            .arg(&csv)
+            .args(extra)
+            .arg(&photos)
+            .output()
+            .unwrap()
+    };
+    let output = eval(&["--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["model"], "food-scorer");
+    assert_eq!(report["photos"], 6);
+    assert_eq!(report["errors"], 1);
+    let rows = report["rows"].as_array().unwrap();
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r["path"].as_str().unwrap().ends_with(name))
+            .unwrap()
+    };
+    assert!(row("broken.jpg")["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("image_corrupt"));
+    // The figures follow from the rows.
+    assert_eq!(report["food_recall"], 1.0, "{report}");
+    assert_eq!(report["specificity"], 1.0, "{report}");
+    assert_eq!(report["balanced_accuracy"], 1.0, "{report}");
+    let score = |name: &str| row(name)["score"].as_f64().unwrap();
+    let healthy = (score("lemon.jpg") + score("apple.jpg")) / 2.0;
+    let gap = report["gap"]["gap"].as_f64().unwrap();
+    assert!(
+        (gap - (healthy - score("pizza.jpg"))).abs() < 1e-3,
+        "{report}"
+    );
+    assert!(gap > 1.0, "{report}");
+    assert_eq!(report["gap"]["indulgent_scored"], 1);
+    assert_eq!(report["confusion"]["pizza"]["pizza"], 1, "{report}");
+    let pizza = report["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["label"] == "pizza")
+        .unwrap();
+    assert_eq!(pizza["photos"], 1);
+    assert_eq!(pizza["mean_score"].as_f64().unwrap(), score("pizza.jpg"));
+    let lines = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(lines.lines().count(), 7, "{lines}");
+    assert!(lines.starts_with("path,kind,label,is_food,score,"));
+
+    let output = eval(&[]);
+    assert!(output.status.success());
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(table.contains("balanced accuracy 1.000"), "{table}");
+    assert!(table.contains("not scored:"), "{table}");
+
+    let unknown = platescore(dir.path())
+        .args(["eval", "--model", "no-such-model"])
+        .arg(&photos)
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no model \"no-such-model\""));
 }

@@ -1,10 +1,11 @@
 //! The command line: `serve` (the default), `migrate`, `healthcheck`, `partners`, `score`,
-//! `reconcile`, `bench`, `openapi`.
+//! `eval`, `reconcile`, `bench`, `openapi`.
 //! Results go to stdout, so scripts can capture them; messages for people go to stderr.
 
 mod bench;
 mod bench_http;
 mod bench_lifecycle;
+mod eval;
 mod healthcheck;
 mod score;
 
@@ -72,6 +73,9 @@ pub enum Command {
     Score {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// The model (a folder name under `models_dir`); the default model when absent.
+        #[arg(long)]
+        model: Option<String>,
         /// Diet tags that shape the tips (repeatable): low_sodium, low_sugar, vegetarian,
         /// vegan, halal, pregnancy, low_fiber, iodine_restricted.
         #[arg(long = "diet")]
@@ -79,6 +83,25 @@ pub enum Command {
         /// Language of the tips.
         #[arg(long, default_value = crate::inference::tips::DEFAULT_LANG)]
         lang: String,
+    },
+    /// Evaluate a model on labelled photos in `DIR/food/<label>/…` and `DIR/nonfood/<kind>/…`:
+    /// food/not-food balanced accuracy, mean score per label, the healthy − indulgent gap,
+    /// top-1 confusion.
+    Eval {
+        dir: PathBuf,
+        /// The model (a folder name under `models_dir`); the default model when absent.
+        #[arg(long)]
+        model: Option<String>,
+        /// Print the report as JSON, per-photo rows included.
+        #[arg(long)]
+        json: bool,
+        /// A TOML with `healthy = [...]` and `indulgent = [...]` labels (a trailing `*`
+        /// matches a prefix), for the gap between their mean scores.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Write one CSV row per photo here.
+        #[arg(long)]
+        csv: Option<PathBuf>,
     },
     /// Measure this machine: runtime throughput, preprocessing, batcher overhead.
     #[command(subcommand)]
@@ -223,10 +246,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 bench_lifecycle::delivery(&config, deliveries).await
             }
         },
-        Command::Score { paths, diets, lang } => {
-            let all_ok = score::run(&config, &paths, &diets, &lang).await?;
+        Command::Score {
+            paths,
+            model,
+            diets,
+            lang,
+        } => {
+            let all_ok = score::run(&config, model.as_deref(), &paths, &diets, &lang).await?;
             anyhow::ensure!(all_ok, "some images could not be scored");
             Ok(())
+        }
+        Command::Eval {
+            dir,
+            model,
+            json,
+            labels,
+            csv,
+        } => {
+            eval::run(
+                &config,
+                eval::EvalArgs {
+                    dir,
+                    model,
+                    json,
+                    labels,
+                    csv,
+                },
+            )
+            .await
         }
         Command::Openapi { .. } => unreachable!("handled above"),
     }

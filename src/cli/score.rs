@@ -30,7 +30,7 @@ struct ErrorLine<'a> {
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "mpo"];
 
 /// Files as given, and the images inside folders (recursively, sorted).
-fn collect(paths: &[PathBuf]) -> std::io::Result<(Vec<PathBuf>, bool)> {
+pub(super) fn collect(paths: &[PathBuf]) -> std::io::Result<(Vec<PathBuf>, bool)> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
         entries.sort_by_key(|e| e.path());
@@ -61,32 +61,20 @@ fn collect(paths: &[PathBuf]) -> std::io::Result<(Vec<PathBuf>, bool)> {
     Ok((files, any_folder))
 }
 
-pub async fn run(
-    config: &Config,
-    paths: &[PathBuf],
-    diets: &[DietTag],
-    lang: &str,
-) -> anyhow::Result<bool> {
-    let (files, any_folder) = collect(paths)?;
-    let scorer = Scorer::load(&startup::settings::scorer(config), None)?;
-    tracing::info!(runtime = %scorer.runtime_name(), model = %scorer.model().version, images = files.len(), "scoring");
-    let progress = if any_folder {
-        let bar =
-            ProgressBar::with_draw_target(Some(files.len() as u64), ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    // Enough in flight to fill every batch, in input order on output.
+/// A photo's result, or its error's code and message.
+pub(super) type Outcome = Result<Scored, (String, String)>;
+
+/// Scores the files with enough in flight to fill every batch; results come in input order.
+pub(super) fn score_in_order<'a>(
+    scorer: &'a Scorer,
+    files: Vec<PathBuf>,
+    diets: &'a [DietTag],
+    lang: &'a str,
+) -> impl futures_util::Stream<Item = (PathBuf, Outcome)> + 'a {
     let settings = scorer.batcher_settings();
     let in_flight = (settings.max_batch * settings.workers * 2).max(4);
-    let scorer = &scorer;
-    let mut lines = futures_util::stream::iter(files)
-        .map(|path| async move {
+    futures_util::stream::iter(files)
+        .map(move |path| async move {
             let outcome = match tokio::fs::read(&path).await {
                 Ok(bytes) => scorer
                     .score(bytes.into(), diets, lang)
@@ -96,7 +84,34 @@ pub async fn run(
             };
             (path, outcome)
         })
-        .buffered(in_flight);
+        .buffered(in_flight)
+}
+
+/// A progress bar on stderr, or a hidden one.
+pub(super) fn progress_bar(len: usize, visible: bool) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+pub async fn run(
+    config: &Config,
+    model: Option<&str>,
+    paths: &[PathBuf],
+    diets: &[DietTag],
+    lang: &str,
+) -> anyhow::Result<bool> {
+    let (files, any_folder) = collect(paths)?;
+    let scorer = Scorer::load(&startup::settings::scorer_for(config, model)?, None)?;
+    tracing::info!(runtime = %scorer.runtime_name(), model = %scorer.model().version, images = files.len(), "scoring");
+    let progress = progress_bar(files.len(), any_folder);
+    let mut lines = std::pin::pin!(score_in_order(&scorer, files, diets, lang));
     let mut all_ok = true;
     while let Some((path, outcome)) = lines.next().await {
         let path = path.display().to_string();
