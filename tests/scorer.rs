@@ -726,17 +726,45 @@ fn agreement_photos() -> Vec<(String, Vec<u8>)> {
     found
 }
 
-/// The INT8 file makes the same food decisions as FP32 with nearly the same scores, and it
-/// is the CPU default (`default_on_cpu` in the manifest) exactly when it also agrees on the
-/// top-1 class (issue 14): over the sample photos, the same top-1 on at least 97%, the same
-/// food/not-food decision on at least 98%, scores within 0.1 on average.
+/// The model folders shipped under `models/` that hold an INT8 file.
+fn models_with_int8() -> Vec<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|dir| {
+            std::fs::read_to_string(dir.join("manifest.json"))
+                .is_ok_and(|text| text.contains("\"int8\""))
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Every model's INT8 file makes the same food decisions as its FP32 file with nearly the
+/// same scores, and it is the CPU default (`default_on_cpu` in the manifest) exactly when it
+/// also agrees on the top-1 class (issue 14): over the sample photos, the same top-1 on at
+/// least 97%, the same food/not-food decision on at least 98%, scores within 0.1 on average.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_int8_file_is_the_cpu_default_exactly_when_it_agrees_with_fp32() {
+async fn every_int8_file_is_the_cpu_default_exactly_when_it_agrees_with_fp32() {
     if !onnx_runtime_available() {
         return;
     }
-    let fp32 = Scorer::load(&on_ort(ModelPrecision::Fp32), None).unwrap();
-    let int8 = Scorer::load(&on_ort(ModelPrecision::Int8), None).unwrap();
+    let dirs = models_with_int8();
+    assert!(dirs.contains(&model_dir()), "{dirs:?}");
+    for dir in dirs {
+        int8_agreement(&dir).await;
+    }
+}
+
+async fn int8_agreement(dir: &std::path::Path) {
+    let at = |precision| ScorerSettings {
+        model_dir: dir.to_path_buf(),
+        ..on_ort(precision)
+    };
+    let fp32 = Scorer::load(&at(ModelPrecision::Fp32), None).unwrap();
+    let int8 = Scorer::load(&at(ModelPrecision::Int8), None).unwrap();
+    let model = dir.display();
     assert_eq!(int8.model().precision, Precision::Int8);
     assert_ne!(int8.model().version, fp32.model().version);
     let photos = agreement_photos();
@@ -749,17 +777,17 @@ async fn the_int8_file_is_the_cpu_default_exactly_when_it_agrees_with_fp32() {
         let (a, b) = match (a, b) {
             (Ok(a), Ok(b)) => (a.result, b.result),
             (Err(a), Err(b)) => {
-                assert_eq!(a.code(), b.code(), "{name}");
+                assert_eq!(a.code(), b.code(), "{model}: {name}");
                 continue;
             }
-            (a, b) => panic!("{name}: fp32 {:?}, int8 {:?}", a.err(), b.err()),
+            (a, b) => panic!("{model}: {name}: fp32 {:?}, int8 {:?}", a.err(), b.err()),
         };
         scored += 1;
         if a.labels[0].index == b.labels[0].index {
             same_top1 += 1;
         } else {
             eprintln!(
-                "{name}: top-1 {} {:.3} (fp32) vs {} {:.3} (int8)",
+                "{model}: {name}: top-1 {} {:.3} (fp32) vs {} {:.3} (int8)",
                 a.labels[0].label,
                 a.labels[0].probability,
                 b.labels[0].label,
@@ -770,7 +798,7 @@ async fn the_int8_file_is_the_cpu_default_exactly_when_it_agrees_with_fp32() {
             same_decision += 1;
         } else {
             eprintln!(
-                "{name}: is_food {} (fp32) vs {} (int8)",
+                "{model}: {name}: is_food {} (fp32) vs {} (int8)",
                 a.is_food, b.is_food
             );
         }
@@ -782,24 +810,24 @@ async fn the_int8_file_is_the_cpu_default_exactly_when_it_agrees_with_fp32() {
     assert!(!score_differences.is_empty());
     let mean_difference = score_differences.iter().sum::<f64>() / score_differences.len() as f64;
     eprintln!(
-        "{scored} photos: top-1 agrees on {:.1}%, food decision on {:.1}%, mean |score difference| {mean_difference:.3} over {}",
+        "{model}: {scored} photos: top-1 agrees on {:.1}%, food decision on {:.1}%, mean |score difference| {mean_difference:.3} over {}",
         share(same_top1) * 100.0,
         share(same_decision) * 100.0,
         score_differences.len()
     );
     assert!(
         share(same_decision) >= 0.98,
-        "food decision agreement {same_decision}/{scored}"
+        "{model}: food decision agreement {same_decision}/{scored}"
     );
     assert!(
         mean_difference <= 0.1,
-        "mean score difference {mean_difference}"
+        "{model}: mean score difference {mean_difference}"
     );
     let agrees = share(same_top1) >= 0.97;
     assert_eq!(
-        FoodModel::int8_is_cpu_default(&model_dir()).unwrap(),
+        FoodModel::int8_is_cpu_default(dir).unwrap(),
         agrees,
-        "`default_on_cpu` must be set exactly when the top-1 class agrees on 97% ({same_top1}/{scored})"
+        "{model}: `default_on_cpu` must be set exactly when the top-1 class agrees on 97% ({same_top1}/{scored})"
     );
 }
 
