@@ -528,6 +528,7 @@ def main() -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{args.id}.tmp-", dir=args.out.parent))
+    tmp.chmod(0o755)
     try:
         manifest = write_folder(tmp, args, spec, base_dir, model, classes, info)
         # Self-check: the written file, through ONNX Runtime, against numpy.
