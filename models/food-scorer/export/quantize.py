@@ -34,6 +34,10 @@ on two cores. Same inputs give the same file (SHA-256) on the same machine: run 
   intra-op threads at batch 1 and 8. `--eval-only` measures the existing model.int8.onnx,
   e.g. on the committed copy of the photos: `--eval-only --images ../../../tests/fixtures/agreement
   --report /tmp/fixtures.json`.
+- `--model-dir ../../grocery-scorer`: the same for a model trained with train/train.py. Its head
+  (the nodes after the pooled features, named /head/...) stays FP32; agreement uses the
+  server's combined scoring (ImageNet and head probabilities mixed by the manifest's gate);
+  the report goes into that folder, and `int8.default_on_cpu` is set from issue 14's bars.
 """
 
 import argparse
@@ -76,6 +80,7 @@ METHODS = {
     "percentile": CalibrationMethod.Percentile,
     "entropy": CalibrationMethod.Entropy,
 }
+HEAD_PREFIX = "/head/"
 
 
 # --- preprocessing, as src/inference/preprocess.rs does it -------------------------------
@@ -185,8 +190,14 @@ def static_qdq(source: pathlib.Path, dest: pathlib.Path, tensors: np.ndarray, in
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=METHODS[method],
+        nodes_to_exclude=head_nodes(source),
         extra_options=extra,
     )
+
+
+def head_nodes(path: pathlib.Path) -> list[str]:
+    """A trained head's nodes (train/train.py names them /head/...): kept in FP32."""
+    return [n.name for n in onnx.load(str(path)).graph.node if n.name.startswith(HEAD_PREFIX)]
 
 
 # --- bias correction ------------------------------------------------------------------------
@@ -317,15 +328,20 @@ def write_manifest(out: pathlib.Path, calibration: dict) -> dict:
     path = MODEL_DIR / "manifest.json"
     manifest = json.loads(path.read_text())
     sha256 = sha256_of(out)
+    name = manifest.get("id", "imagenet1k") if "head" in manifest else "imagenet1k"
+    recipe = "export/quantize.py"
+    if "head" in manifest:
+        recipe = f"models/food-scorer/export/quantize.py --model-dir models/{MODEL_DIR.name}"
     manifest["int8"] = {
         "file": out.name,
         "sha256": sha256,
-        "version": f"efficientnet-lite0-imagenet1k-int8-{sha256[:12]}",
+        "version": f"efficientnet-lite0-{name}-int8-{sha256[:12]}",
         "quantisation": f"onnxruntime {ort.__version__} quantize_static (after quant_pre_process): QDQ, "
         f"per-channel, u8 activations / s8 weights, {calibration['method']}",
         "calibration": f"{calibration['photos']} GroceryStoreDataset train-split photos (MIT), round-robin over "
         f"{calibration['fine_classes']} fine classes, seed {calibration['seed']}, server preprocessing",
-        "recipe": "export/quantize.py",
+        "recipe": recipe,
+        **({"head": "FP32 (the /head/ nodes are not quantised)"} if "head" in manifest else {}),
     }
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest["int8"]
@@ -348,11 +364,24 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def read_table() -> dict:
     table = tomllib.loads((MODEL_DIR / "food_classes.toml").read_text())
+    head = json.loads((MODEL_DIR / "manifest.json").read_text()).get("head")
     return {
+        "head": head,
         "threshold": table["food_threshold"],
         "food": {c["index"]: c["score"] for c in table["food"]},
         "hints": [h["index"] for h in table["hint"]],
     }
+
+
+def probabilities(logits: np.ndarray, head: dict | None) -> np.ndarray:
+    """The server's class probabilities: softmax over ImageNet's 1000 logits or, with a
+    trained head, both softmaxes mixed by the gate on the similarity (train/train.py)."""
+    logits = logits.astype(np.float64)
+    if not head:
+        return softmax(logits)
+    n, low, high = head["classes"], head["gate"]["low"], head["gate"]["high"]
+    g = float(np.clip((logits[head["similarity"]] - low) / (high - low), 0, 1))
+    return np.concatenate([(1 - g) * softmax(logits[:1000]), g * softmax(logits[1000 : 1000 + n])])
 
 
 def interpret(p: np.ndarray, table: dict) -> tuple[bool, float | None]:
@@ -395,8 +424,8 @@ def agreement(spec: dict, int8_path: pathlib.Path, images: pathlib.Path, seconds
             skipped.append(f"{rel}: {type(err).__name__}: {err}")
             continue
         tensors.append(x)
-        p = softmax(fp32.run(None, {name: x})[0][0].astype(np.float64))
-        q = softmax(int8.run(None, {name: x})[0][0].astype(np.float64))
+        p = probabilities(fp32.run(None, {name: x})[0][0], table["head"])
+        q = probabilities(int8.run(None, {name: x})[0][0], table["head"])
         p_food, p_score = interpret(p, table)
         q_food, q_score = interpret(q, table)
         rows.append(
@@ -499,8 +528,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput measurement")
     parser.add_argument("--eval-only", action="store_true", help="measure the existing model.int8.onnx")
     parser.add_argument("--report", type=pathlib.Path, default=HERE / "int8-agreement.json")
+    parser.add_argument("--model-dir", type=pathlib.Path, help="another model folder (default: food-scorer)")
     args = parser.parse_args()
 
+    global MODEL_DIR
+    if args.model_dir:
+        MODEL_DIR = args.model_dir.resolve()
+        if args.report == HERE / "int8-agreement.json":
+            args.report = MODEL_DIR / "int8-agreement.json"
     spec = json.loads((MODEL_DIR / "manifest.json").read_text())
     if args.eval_only:
         out = MODEL_DIR / INT8_FILE
@@ -516,6 +551,11 @@ def main() -> None:
         **agreement(spec, out, args.images, args.seconds),
     }
     args.report.write_text(json.dumps(report, indent=2) + "\n")
+    if args.model_dir and not args.eval_only:
+        path = MODEL_DIR / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["int8"]["default_on_cpu"] = all(report["issue_14_thresholds_met"].values())
+        path.write_text(json.dumps(manifest, indent=2) + "\n")
 
     print(f"photos: {report['photos']} (skipped {len(report['skipped'])}: {report['skipped']})")
     print(f"top-1 agreement: {report['top1_agreement_pct']}%")
