@@ -3,7 +3,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -73,11 +76,6 @@ impl ReceiverSlots {
             .filter(|(_, &n)| n >= self.cap)
             .map(|(url, _)| url.clone())
             .collect()
-    }
-
-    fn any_saturated(&self) -> bool {
-        let busy = self.busy.lock().expect("never poisoned");
-        busy.values().any(|&n| n >= self.cap)
     }
 
     fn try_take(self: &Arc<Self>, url: &str) -> Option<ReceiverSlot> {
@@ -162,6 +160,7 @@ impl DeliveryWorker {
         let running = Arc::new(Running {
             worker: self,
             recorder,
+            held_back: AtomicBool::new(false),
         });
         queue_pool::run(running, settings, shutdown).await;
         let _ = recording.await;
@@ -453,6 +452,9 @@ struct Claimed {
 struct Running {
     worker: Arc<DeliveryWorker>,
     recorder: Recorder,
+    /// Whether the last claim left deliveries behind for a receiver at its cap. Read after
+    /// the claim: by then the deliveries that held them back may have finished already.
+    held_back: AtomicBool,
 }
 
 impl LeasedWork for Running {
@@ -494,6 +496,8 @@ impl LeasedWork for Running {
                 None => over_cap.push(lease),
             }
         }
+        self.held_back
+            .store(!skip.is_empty() || !over_cap.is_empty(), Ordering::Relaxed);
         if let Err(err) = deliveries::release(&worker.db, &over_cap, worker.db.now().await).await {
             tracing::warn!(error = %err, "putting back deliveries over their receiver's cap failed; their leases will expire");
         }
@@ -540,7 +544,7 @@ impl LeasedWork for Running {
     /// A receiver at its cap may have due deliveries the claim skipped: the next one to
     /// finish frees a slot for them.
     fn holds_back(&self) -> bool {
-        self.worker.receivers.any_saturated()
+        self.held_back.load(Ordering::Relaxed)
     }
 }
 
