@@ -101,6 +101,9 @@ pub struct Config {
     pub models_dir: PathBuf,
     /// The model jobs run when they name none.
     pub default_model: String,
+    /// Load every model at start, not only the default (the others load on their first
+    /// job otherwise).
+    pub preload_models: bool,
     /// `auto` (ONNX Runtime when its library loads, else tract), `ort` or `tract`.
     pub runtime: RuntimeChoice,
     /// Which of the model folder's files runs: `auto` (INT8 on ONNX Runtime's CPU provider
@@ -210,6 +213,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             models_dir: PathBuf::from("models"),
             default_model: "food-scorer".into(),
+            preload_models: false,
             runtime: RuntimeChoice::Auto,
             model_precision: ModelPrecision::Auto,
             ort_library: None,

@@ -117,11 +117,10 @@ impl Application {
                 &models,
                 &settings::scorer(config),
                 Some(batch_sizes),
+                config.preload_models,
             )?);
-            let scoring = ScoringInfo::of(&scorers);
-            for scorer in scorers.iter() {
-                metrics::get().set_model_info(scorer.runtime_name(), &scorer.model().version);
-            }
+            let scoring = ScoringInfo::of(scorers.clone());
+            metrics::get().set_model_info(&scoring.runtime, &scoring.model_version);
             let fetcher = GuardedClient::new(
                 policy.clone(),
                 RedirectRule::Follow(MAX_IMAGE_REDIRECTS),

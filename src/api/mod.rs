@@ -59,37 +59,23 @@ pub struct AppState {
 }
 
 /// The model runtime and model version a worker node scores with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ScoringInfo {
     /// The default model's runtime: `tract`, `ort-cpu`, `ort-cuda` or `ort-tensorrt`.
     pub runtime: String,
     /// The default model's version, as results carry it.
     pub model_version: String,
-    /// Each model's runtime and version, by id.
-    pub models: Vec<ModelRun>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ModelRun {
-    pub id: String,
-    pub runtime: String,
-    pub version: String,
+    /// Every model's scorer, once loaded.
+    pub scorers: Arc<Scorers>,
 }
 
 impl ScoringInfo {
-    pub fn of(scorers: &Scorers) -> Self {
+    pub fn of(scorers: Arc<Scorers>) -> Self {
         let default = scorers.default_scorer();
         Self {
             runtime: default.runtime_name().to_string(),
             model_version: default.model().version.clone(),
-            models: scorers
-                .iter()
-                .map(|s| ModelRun {
-                    id: s.model().id.clone(),
-                    runtime: s.runtime_name().to_string(),
-                    version: s.model().version.clone(),
-                })
-                .collect(),
+            scorers,
         }
     }
 }

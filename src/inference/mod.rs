@@ -246,52 +246,102 @@ impl Scorer {
 }
 
 /// A scorer for each model of the catalogue, each with its own runtime session and batcher,
-/// all decoding within one budget.
+/// all decoding within one budget. The default model loads at start; the others at start
+/// too with `preload`, else on their first job, so a model nobody uses costs no memory.
 pub struct Scorers {
-    scorers: Vec<Arc<Scorer>>,
-    default: usize,
+    slots: Vec<ModelSlot>,
+    default: Arc<Scorer>,
+    settings: ScorerSettings,
+    observer: Option<BatchObserver>,
+    decode_budget: Arc<MemoryBudget>,
+}
+
+struct ModelSlot {
+    id: String,
+    dir: PathBuf,
+    scorer: tokio::sync::OnceCell<Arc<Scorer>>,
 }
 
 impl Scorers {
-    /// Loads every model of the catalogue with these settings (their `model_dir` aside).
+    /// Loads the default model (and, with `preload`, every other) with these settings, their
+    /// `model_dir` aside. Needs a tokio runtime.
     pub fn load(
         catalogue: &ModelCatalogue,
         settings: &ScorerSettings,
         observer: Option<BatchObserver>,
+        preload: bool,
     ) -> Result<Self, InferenceError> {
-        let budget = Arc::new(MemoryBudget::new(settings.decode_budget_bytes));
-        let scorers = catalogue
-            .entries()
-            .iter()
-            .map(|entry| {
-                let settings = ScorerSettings {
-                    model_dir: entry.dir.clone(),
-                    ..settings.clone()
-                };
-                Scorer::load_sharing(&settings, observer.clone(), budget.clone()).map(Arc::new)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let decode_budget = Arc::new(MemoryBudget::new(settings.decode_budget_bytes));
+        let load = |dir: &PathBuf| {
+            let settings = ScorerSettings {
+                model_dir: dir.clone(),
+                ..settings.clone()
+            };
+            Scorer::load_sharing(&settings, observer.clone(), decode_budget.clone()).map(Arc::new)
+        };
         let default_id = &catalogue.default_entry().id;
-        let default = scorers
-            .iter()
-            .position(|s| s.model().id == *default_id)
-            .expect("one scorer per catalogue entry");
-        Ok(Self { scorers, default })
+        let mut default = None;
+        let mut slots = Vec::new();
+        for entry in catalogue.entries() {
+            let scorer = if entry.id == *default_id || preload {
+                let scorer = load(&entry.dir)?;
+                if entry.id == *default_id {
+                    default = Some(scorer.clone());
+                }
+                tokio::sync::OnceCell::new_with(Some(scorer))
+            } else {
+                tokio::sync::OnceCell::new()
+            };
+            slots.push(ModelSlot {
+                id: entry.id.clone(),
+                dir: entry.dir.clone(),
+                scorer,
+            });
+        }
+        Ok(Self {
+            slots,
+            default: default.expect("the catalogue's default is one of its entries"),
+            settings: settings.clone(),
+            observer,
+            decode_budget,
+        })
     }
 
-    /// The scorer of the model a job names, or the default's; `None` for an unknown id.
-    pub fn get(&self, model_id: Option<&str>) -> Option<&Arc<Scorer>> {
-        match model_id {
-            None => Some(self.default_scorer()),
-            Some(id) => self.scorers.iter().find(|s| s.model().id == id),
-        }
+    /// The scorer of the model a job names, or the default's, loading it on first use;
+    /// `None` for an unknown id. Callers asking while it loads wait for the same load.
+    pub async fn get(&self, model_id: Option<&str>) -> Option<Result<Arc<Scorer>, InferenceError>> {
+        let Some(id) = model_id else {
+            return Some(Ok(self.default.clone()));
+        };
+        let slot = self.slots.iter().find(|s| s.id == id)?;
+        let loaded = slot
+            .scorer
+            .get_or_try_init(|| async {
+                let settings = ScorerSettings {
+                    model_dir: slot.dir.clone(),
+                    ..self.settings.clone()
+                };
+                let (observer, budget) = (self.observer.clone(), self.decode_budget.clone());
+                tracing::info!(model = %slot.id, "loading a model for its first job");
+                tokio::task::spawn_blocking(move || {
+                    Scorer::load_sharing(&settings, observer, budget).map(Arc::new)
+                })
+                .await
+                .map_err(|e| InferenceError::Model(format!("loading the model failed: {e}")))?
+            })
+            .await;
+        Some(loaded.cloned())
     }
 
     pub fn default_scorer(&self) -> &Arc<Scorer> {
-        &self.scorers[self.default]
+        &self.default
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Scorer>> {
-        self.scorers.iter()
+    /// The model's scorer if this node has loaded it.
+    pub fn loaded(&self, model_id: &str) -> Option<&Arc<Scorer>> {
+        self.slots
+            .iter()
+            .find(|s| s.id == model_id)
+            .and_then(|s| s.scorer.get())
     }
 }

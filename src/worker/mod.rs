@@ -247,15 +247,19 @@ impl JobWorker {
             }
         };
         // Intake checked the id; a model taken away since fails the job.
-        let scorer = self.scorers.get(job.model_id.as_deref()).ok_or_else(|| {
-            JobFailure::permanent(
-                "model_unknown",
-                format!(
-                    "this node has no model {:?}",
-                    job.model_id.as_deref().unwrap_or_default()
-                ),
-            )
-        })?;
+        let scorer = self
+            .scorers
+            .get(job.model_id.as_deref())
+            .await
+            .ok_or_else(|| {
+                JobFailure::permanent(
+                    "model_unknown",
+                    format!(
+                        "this node has no model {:?}",
+                        job.model_id.as_deref().unwrap_or_default()
+                    ),
+                )
+            })??;
         let model_version = scorer.model().version.clone();
         if let Some(result) = queue::reusable_result(&self.db, job, &sha256, &model_version).await?
         {

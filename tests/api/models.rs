@@ -1,6 +1,8 @@
 //! Several models, chosen per job: `GET /models`, `model_id` at enqueue, and results that say
 //! which model ran.
 
+use std::collections::BTreeMap;
+
 use reqwest::multipart::{Form, Part};
 use serde_json::{json, Value};
 
@@ -66,17 +68,36 @@ async fn models_lists_every_model_folder_and_marks_the_default() {
     assert_problem(anonymous, 401, "unauthorized").await;
 }
 
+/// Each model's runtime and the version it produces on this node; null until loaded.
+async fn loaded_versions(app: &TestApp) -> BTreeMap<String, Option<String>> {
+    let listed = app.get_json(&app.key, "/models").await;
+    listed["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            assert_eq!(
+                m["runtime"].is_null(),
+                m["runtime_version"].is_null(),
+                "{m}"
+            );
+            (
+                m["id"].as_str().unwrap().to_string(),
+                m["runtime_version"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn model_id_selects_the_model_that_scores_the_job() {
     let app = TestApp::spawn_with(TestOptions::with_workers(|_| {})).await;
-    let listed = app.get_json(&app.key, "/models").await;
-    let models = listed["models"].as_array().unwrap();
-    let version_of = |id: &str| {
-        models.iter().find(|m| m["id"] == id).unwrap()["runtime_version"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let default = app.config.default_model.clone();
+    // Only the default is loaded at start; the others load on their first job.
+    let before = loaded_versions(&app).await;
+    for (id, version) in &before {
+        assert_eq!(version.is_some(), *id == default, "{before:?}");
+    }
 
     // The same photo once per model, and once naming none: one result each, no reuse of
     // another model's result.
@@ -91,19 +112,42 @@ async fn model_id_selects_the_model_that_scores_the_job() {
     let job: Value = response.json().await.unwrap();
     jobs.push((None, job["job_id"].as_str().unwrap().to_string()));
 
-    let mut versions = Vec::new();
+    let mut results = Vec::new();
     for (id, job_id) in jobs {
         let job = app.wait_until_settled(&app.key, &job_id).await;
         assert_eq!(job["status"], "succeeded", "{job}");
         assert_eq!(job["request"]["model_id"], json!(id));
-        let ran = id.unwrap_or_else(|| app.config.default_model.clone());
-        let version = job["result"]["model_version"].as_str().unwrap().to_string();
-        assert_eq!(version, version_of(&ran), "{job}");
-        versions.push(version);
+        results.push((id.unwrap_or_else(|| default.clone()), job["result"].clone()));
     }
-    versions.sort();
+    let after = loaded_versions(&app).await;
+    for (ran, result) in &results {
+        let version = after[ran].as_deref().expect("loaded by its job");
+        assert_eq!(result["model_version"], version, "{ran}: {result}");
+    }
+    let mut versions: Vec<&Value> = results.iter().map(|(_, r)| &r["model_version"]).collect();
+    versions.sort_by_key(|v| v.to_string());
     versions.dedup();
     assert_eq!(versions.len(), shipped_model_ids().len(), "{versions:?}");
+
+    // The grocery head sees the carrots that ImageNet's classes miss.
+    let grocery = &results
+        .iter()
+        .find(|(id, _)| id == "grocery-scorer")
+        .unwrap()
+        .1;
+    assert_eq!(grocery["labels"][0]["label"], "Carrots", "{grocery}");
+    assert_eq!(grocery["food_group"], "vegetable", "{grocery}");
+    assert!(grocery["score"].as_f64().unwrap() >= 4.0, "{grocery}");
+}
+
+#[tokio::test]
+async fn preload_models_loads_every_model_at_start() {
+    let app = TestApp::spawn_with(TestOptions::with_workers(|config| {
+        config.preload_models = true;
+    }))
+    .await;
+    let loaded = loaded_versions(&app).await;
+    assert!(loaded.values().all(Option::is_some), "{loaded:?}");
 }
 
 #[tokio::test]

@@ -26,11 +26,12 @@ pub struct ModelSummary {
     /// Licence of the weights and of the data they were trained on.
     pub licence: String,
     /// The runtime this node scores the model with (`ort-cpu`, `ort-cuda`, `ort-tensorrt`
-    /// or `tract`); null on nodes that only take requests.
+    /// or `tract`); null on nodes that only take requests, and for a model this node has
+    /// not loaded yet (models other than the default load on their first job).
     #[oai(nullable)]
     pub runtime: Option<String>,
     /// The version this node's runtime produces (the INT8 file's where it runs that); null
-    /// on nodes that only take requests.
+    /// where `runtime` is.
     #[oai(nullable)]
     pub runtime_version: Option<String>,
 }
@@ -47,7 +48,7 @@ impl ModelList {
     pub fn new(catalogue: &ModelCatalogue, scoring: Option<&ScoringInfo>) -> Self {
         let default = catalogue.default_entry().id.clone();
         let summary = |entry: &ModelEntry| {
-            let run = scoring.and_then(|s| s.models.iter().find(|m| m.id == entry.id));
+            let run = scoring.and_then(|s| s.scorers.loaded(&entry.id));
             ModelSummary {
                 id: entry.id.clone(),
                 default: entry.id == default,
@@ -56,8 +57,8 @@ impl ModelList {
                 trained_classes: entry.trained_classes.map(count),
                 food_classes: count(entry.food_classes),
                 licence: entry.licence.clone(),
-                runtime: run.map(|r| r.runtime.clone()),
-                runtime_version: run.map(|r| r.version.clone()),
+                runtime: run.map(|r| r.runtime_name().to_string()),
+                runtime_version: run.map(|r| r.model().version.clone()),
             }
         };
         Self {
