@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI check of the training recipe: trains on the committed tiny GroceryStoreDataset subset
 # (tests/fixtures/grocery-tiny) into a temporary models folder beside the base model,
-# verifies the written folder, and, with PLATESCORE_BIN set, runs `platescore eval` on it.
+# verifies the written folder, and, with PLATESCORE_BIN set, runs `platescore eval` on it and
+# serves it: GET /models lists it and a job that names it is scored by it.
 #   TRAIN_VENV (default target/tools/train-venv): the venv, created and reused.
 #   PLATESCORE_BIN: the server binary (optional).
 set -euo pipefail
@@ -59,6 +60,51 @@ grep -q "score for 'Apple' must be an integer from 1 to 5" "$work/err" && [ ! -e
 cat "$work/err"
 
 if [ -n "${PLATESCORE_BIN:-}" ]; then
-  PLATESCORE_MODELS_DIR="$models" "$PLATESCORE_BIN" eval "$fixture/eval" --model "$id" --json
+  # `platescore eval` reads the new model.
+  PLATESCORE_MODELS_DIR="$models" "$PLATESCORE_BIN" eval "$fixture/eval" --model "$id" --json \
+    >"$work/eval.json"
+  "$py" - "$work/eval.json" "$id" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+assert report["model"] == sys.argv[2], report["model"]
+assert report["errors"] == 0 and report["photos"] == len(report["rows"]), report
+assert report["balanced_accuracy"] is not None
+print(f"check.sh: eval ok: balanced accuracy {report['balanced_accuracy']} over {report['photos']} photos")
+PY
+
+  # The server offers it and scores a job with it.
+  export PLATESCORE_MODELS_DIR="$models" PLATESCORE_DATA_DIR="$work/data"
+  port="$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  export PLATESCORE_LISTEN="127.0.0.1:$port"
+  key="$(RUST_LOG=warn "$PLATESCORE_BIN" partners create "training check" 2>/dev/null)"
+  "$PLATESCORE_BIN" serve >"$work/serve.log" 2>&1 &
+  server=$!
+  trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+  base="http://127.0.0.1:$port"
+  for _ in $(seq 100); do
+    curl -fs "$base/health/ready" >/dev/null && break
+    kill -0 $server 2>/dev/null || { cat "$work/serve.log" >&2; exit 1; }
+    sleep 0.2
+  done
+  curl -fsS -H "Authorization: Bearer $key" "$base/models" >"$work/models.json"
+  job="$(curl -fsS -H "Authorization: Bearer $key" -F "image=@$fixture/eval/food/carrots/$(ls "$fixture/eval/food/carrots" | head -1)" \
+    -F "model_id=$id" "$base/enqueue")"
+  job_id="$(echo "$job" | "$py" -c 'import json, sys; print(json.load(sys.stdin)["job_id"])')"
+  for _ in $(seq 100); do
+    curl -fsS -H "Authorization: Bearer $key" "$base/status/$job_id" >"$work/job.json"
+    grep -q '"status": *"\(succeeded\|failed\)"' "$work/job.json" && break
+    sleep 0.2
+  done
+  "$py" - "$work/models.json" "$work/job.json" "$models/$id/manifest.json" <<'PY'
+import json, sys
+models, job, manifest = (json.load(open(p)) for p in sys.argv[1:])
+mine = next(m for m in models["models"] if m["id"] == manifest["id"])
+assert mine["trained_classes"] == manifest["head"]["classes"], mine
+assert job["status"] == "succeeded", job
+assert job["request"]["model_id"] == manifest["id"], job["request"]
+assert job["result"]["model_version"] == mine["runtime_version"], (job["result"], mine)
+assert job["result"]["model_version"].startswith(manifest["version"]), job["result"]
+print(f"check.sh: served: {manifest['id']} scored a job, top label {job['result']['labels'][0]['label']}")
+PY
 fi
 echo "check.sh: ok"
