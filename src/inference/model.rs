@@ -24,18 +24,9 @@ struct Manifest {
     preprocess: ManifestPreprocess,
     normalisation: ManifestNormalisation,
     /// A trained head grafted beside ImageNet's (`models/food-scorer/train/`).
-    head: Option<ManifestHead>,
+    head: Option<TrainedHead>,
     #[serde(default)]
     licence: String,
-}
-
-/// Where a trained head's outputs sit in the model's output row, and its gate.
-#[derive(Debug, Deserialize)]
-struct ManifestHead {
-    first: usize,
-    classes: usize,
-    similarity: usize,
-    gate: Gate,
 }
 
 /// How much a photo's result comes from the trained head: 0 below `low` cosine similarity to
@@ -49,7 +40,7 @@ pub struct Gate {
 /// A head trained on the model's pooled features, beside ImageNet's. The output row is
 /// ImageNet's logits, then the head's logits, then the photo's similarity to the head's
 /// training photos; the result mixes both heads' probabilities by the [`Gate`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 pub struct TrainedHead {
     /// Index of the head's first class: the number of ImageNet classes before it.
     pub first: usize,
@@ -257,18 +248,14 @@ impl FoodModel {
                 format!("id {:?} is not the folder's name {id:?}", manifest.id),
             ));
         }
-        let head = manifest.head.as_ref().map(|h| TrainedHead {
-            first: h.first,
-            classes: h.classes,
-            similarity: h.similarity,
-            gate: h.gate,
-        });
+        let head = manifest.head;
         // Every output but the head's similarity has a label.
         let labelled = match &head {
             None => manifest.output.classes,
             Some(h) => {
                 let consistent = h.first + h.classes == h.similarity
                     && h.similarity + 1 == manifest.output.classes
+                    && h.first > 0
                     && h.classes > 0
                     && h.gate.low < h.gate.high;
                 if !consistent {
