@@ -86,7 +86,6 @@ PY
     kill -0 $server 2>/dev/null || { cat "$work/serve.log" >&2; exit 1; }
     sleep 0.2
   done
-  curl -fsS -H "Authorization: Bearer $key" "$base/models" >"$work/models.json"
   job="$(curl -fsS -H "Authorization: Bearer $key" -F "image=@$fixture/eval/food/carrots/$(ls "$fixture/eval/food/carrots" | head -1)" \
     -F "model_id=$id" "$base/enqueue")"
   job_id="$(echo "$job" | "$py" -c 'import json, sys; print(json.load(sys.stdin)["job_id"])')"
@@ -95,6 +94,8 @@ PY
     grep -q '"status": *"\(succeeded\|failed\)"' "$work/job.json" && break
     sleep 0.2
   done
+  # After the job: a model other than the default loads on its first job.
+  curl -fsS -H "Authorization: Bearer $key" "$base/models" >"$work/models.json"
   "$py" - "$work/models.json" "$work/job.json" "$models/$id/manifest.json" <<'PY'
 import json, sys
 models, job, manifest = (json.load(open(p)) for p in sys.argv[1:])
