@@ -256,7 +256,7 @@ impl Payload for UploadForm {
                 (
                     "model_id",
                     text(
-                        "The model to score with; the current default when absent.",
+                        "The model to score with (`GET /models` lists them; another id is `422 model_unknown`); the default model when absent.",
                         MODEL_ID_PATTERN,
                         100,
                     ),
